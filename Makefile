@@ -1,0 +1,42 @@
+# ecom-ml: the two commands are `make demo` and `make test`; everything else is a step of theirs.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+BIN := .venv/bin
+PYTEST_ARGS ?=
+
+.PHONY: help venv setup demo test stop db-start db-stop bench constraints clean
+
+help:
+	@echo "make demo   - set up everything and run the pipeline end to end on generated orders"
+	@echo "make test   - set up everything and run the tests"
+	@echo "make stop   - stop everything the project started"
+	@echo "make bench  - run the benchmarks in bench/"
+
+venv:
+	@scripts/ensure-venv
+
+setup: venv
+	@$(BIN)/ecom-ml setup
+
+demo: setup
+	@$(BIN)/python -m ecom_ml.demo
+
+test: setup
+	@$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+stop:
+	@if [ -x $(BIN)/ecom-ml ]; then $(BIN)/ecom-ml db stop; else echo "nothing to stop (no .venv)"; fi
+
+bench: setup
+	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script; done
+
+# Regenerate constraints.txt from a fresh resolution of requirements.txt (needs network to PyPI).
+constraints:
+	@rm -rf .ecom/constraints-venv && python3.11 -m venv .ecom/constraints-venv
+	@.ecom/constraints-venv/bin/pip install --quiet -r requirements.txt
+	@{ echo "# Full transitive pin set for requirements.txt on CPython 3.11; regenerate with \`make constraints\`."; \
+	   .ecom/constraints-venv/bin/pip freeze; } > constraints.txt
+	@rm -rf .ecom/constraints-venv
+
+clean: stop
+	rm -rf .venv .ecom lake

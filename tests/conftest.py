@@ -1,0 +1,74 @@
+"""Shared fixtures: the project's real PostgreSQL, throwaway databases on it, and Airflow's environment.
+
+Airflow reads its configuration at import, so the environment is set here, before any test module
+imports it, from the same settings the CLI uses.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from ecom_ml import settings as settings_mod
+
+os.environ.update(settings_mod.airflow_environment(settings_mod.load()))
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+RETAIL_CSV = SHARED / "data" / "online_retail_ii_2009_2010" / "online_retail_ii_2009_2010.csv.gz"
+
+
+@pytest.fixture(scope="session")
+def settings() -> settings_mod.Settings:
+    return settings_mod.load()
+
+
+@pytest.fixture(scope="session")
+def pg_server(settings: settings_mod.Settings) -> settings_mod.Settings:
+    """The project-local server, started if `make test` has not already (idempotent)."""
+    from ecom_ml.db import server
+
+    server.start(settings)
+    return settings
+
+
+def _admin(settings: settings_mod.Settings):
+    conn = psycopg2.connect(settings.local_url("postgres"))
+    conn.autocommit = True
+    return conn
+
+
+@pytest.fixture
+def empty_db(pg_server: settings_mod.Settings) -> Iterator[str]:
+    """URL of a brand-new, empty database on the real server; dropped afterwards."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    conn = _admin(pg_server)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        yield pg_server.local_url(name)
+    finally:
+        with conn.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.close()
+
+
+@pytest.fixture
+def orders_db(empty_db: str) -> str:
+    """URL of a fresh database with the orders schema migrated."""
+    from ecom_ml.db.migrate import migrate
+
+    migrate(empty_db)
+    return empty_db
+
+
+@pytest.fixture(scope="session")
+def retail_csv() -> Path:
+    if not RETAIL_CSV.exists():
+        pytest.fail(f"the shared Online Retail II file is missing at {RETAIL_CSV}")
+    return RETAIL_CSV
