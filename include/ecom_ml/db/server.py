@@ -101,10 +101,12 @@ def _ensure_traversable(path: Path) -> None:
 
 def _pg(tool: str, args: list[str], *, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     user, env = _run_as()
+    # Drop root's groups too: with gid 0 kept, group permission bits (often ---) would apply.
+    identity = {"user": user, "group": user, "extra_groups": []} if user else {}
     return subprocess.run(
         [str(bin_dir() / tool), *args],
-        user=user,
         env=env,
+        **identity,
         capture_output=True,
         text=True,
         timeout=timeout,
