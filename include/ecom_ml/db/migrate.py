@@ -15,6 +15,7 @@ from importlib import resources
 
 import psycopg2
 
+from ecom_ml.db import redact_url as _safe
 from ecom_ml.errors import EcomError
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -91,7 +92,3 @@ def migrate(url: str) -> list[Migration]:
         conn.close()
     return applied_now
 
-
-def _safe(url: str) -> str:
-    """The URL without its password, for messages."""
-    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)

@@ -1,0 +1,75 @@
+"""
+### orders_ingest — one day of orders into the validated lake
+
+`extract` → `check_quality` → `publish`
+
+* **extract** pulls the orders *created or updated* in the run's data interval (so late
+  cancellations and refunds arrive with the day they happened), their lines, customers and products
+  from the `orders_db` Connection into `lake/raw/orders/dt=YYYY-MM-DD/` (Parquet, atomic).
+* **check_quality** runs the Great Expectations suites; the report (JSON + Markdown) is written
+  next to the partition. An `error` rule quarantines the day into `lake/quarantine/orders/` and fails
+  the run; `warning`s are recorded and the day is published.
+* **publish** copies the partition into `lake/validated/orders/` and emits the
+  `orders_validated` Asset the training DAGs are scheduled on.
+
+Re-running or backfilling a day replaces exactly that day's partitions.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import dag, task
+
+from ecom_ml.assets import ORDERS_VALIDATED
+from ecom_ml.alerts import on_task_failure
+
+
+@dag(
+    dag_id="orders_ingest",
+    schedule="@daily",
+    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=3,
+    doc_md=__doc__,
+    tags=["ecom-ml", "ingestion", "data-quality"],
+    default_args={
+        "owner": "data-engineering",
+        "retries": 3,
+        "retry_delay": timedelta(seconds=30),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(minutes=10),
+        "on_failure_callback": on_task_failure,
+    },
+)
+def orders_ingest():
+    @task
+    def extract(data_interval_start=None, data_interval_end=None) -> dict:
+        from ecom_ml.ingest.tasks import IngestConfig, extract_to_raw
+
+        return extract_to_raw(IngestConfig.from_airflow(), data_interval_start, data_interval_end)
+
+    @task(retries=0)
+    def check_quality(extracted: dict, data_interval_start=None, data_interval_end=None) -> dict:
+        from airflow.exceptions import AirflowFailException
+
+        from ecom_ml.ingest.tasks import IngestConfig, QualityGateFailed, check_quality
+
+        try:
+            return check_quality(IngestConfig.from_airflow(), data_interval_start, data_interval_end)
+        except QualityGateFailed as exc:
+            raise AirflowFailException(str(exc)) from None
+
+    @task(outlets=[ORDERS_VALIDATED])
+    def publish(checked: dict, outlet_events=None) -> dict:
+        from ecom_ml.ingest.tasks import IngestConfig, publish
+
+        published = publish(IngestConfig.from_airflow(), checked)
+        outlet_events[ORDERS_VALIDATED].extra = published
+        return published
+
+    publish(check_quality(extract()))
+
+
+orders_ingest()
