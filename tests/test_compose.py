@@ -1063,6 +1063,7 @@ def test_trainer_runs_the_training_module_on_a_gpu():
     assert user.split(":")[0] == "50000", "the trainer image runs as uid 50000"
     assert not trainer["user"].startswith("0"), "the trainer service must not run as root"
 
+
 # ==================================================================================================
 # Tests: wiring between services
 # ==================================================================================================
