@@ -17,13 +17,11 @@ Re-running or backfilling a day replaces exactly that day's partitions.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pendulum
 from airflow.sdk import dag, task
 
 from ecom_ml.assets import ORDERS_VALIDATED
-from ecom_ml.alerts import on_task_failure
+from ecom_ml.dag_defaults import default_args
 
 
 @dag(
@@ -34,14 +32,7 @@ from ecom_ml.alerts import on_task_failure
     max_active_runs=3,
     doc_md=__doc__,
     tags=["ecom-ml", "ingestion", "data-quality"],
-    default_args={
-        "owner": "data-engineering",
-        "retries": 3,
-        "retry_delay": timedelta(seconds=30),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": timedelta(minutes=10),
-        "on_failure_callback": on_task_failure,
-    },
+    default_args=default_args(owner="data-engineering"),
 )
 def orders_ingest():
     @task
