@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import dag, task
+from airflow.timetables.interval import CronDataIntervalTimetable
 
 from ecom_ml.assets import ORDERS_VALIDATED
 from ecom_ml.dag_defaults import default_args
@@ -26,7 +27,9 @@ from ecom_ml.dag_defaults import default_args
 
 @dag(
     dag_id="orders_ingest",
-    schedule="@daily",
+    # Data-interval semantics: the run for day D covers [D, D+1) and starts after D ends. (Airflow 3's
+    # default for cron strings, CronTriggerTimetable, would give zero-length intervals.)
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=3,

@@ -34,7 +34,9 @@ def run_ingest_days(days: list[date]) -> list[tuple[date, str]]:
     dag = _load_dag("orders_ingest")
     outcome = []
     for day in days:
-        logical = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+        # A manual run covers the day that ends at its logical date, so day D is run at D+1 00:00.
+        end = day + timedelta(days=1)
+        logical = datetime(end.year, end.month, end.day, tzinfo=timezone.utc)
         run = dag.test(logical_date=logical)
         outcome.append((day, str(run.state)))
     return outcome

@@ -35,15 +35,28 @@ class IngestConfig:
     @classmethod
     def from_airflow(cls) -> IngestConfig:
         """Lake root from the `ecom_lake_root` Variable or ECOM_LAKE_ROOT; the DB from the `orders_db` Connection."""
-        from airflow.providers.postgres.hooks.postgres import PostgresHook
-        from airflow.sdk import Variable
+        from airflow.sdk import Connection, Variable
 
         from ecom_ml import settings
 
         lake_root = Variable.get("ecom_lake_root", default=None) or settings.load().lake_root
         quality = Variable.get("ecom_quality_config", default=None)
-        url = PostgresHook(postgres_conn_id="orders_db").get_uri()
+        url = libpq_url(Connection.get("orders_db"))
         return cls(lake_root=lake_root, orders_url=url, quality_config=quality)
+
+
+def libpq_url(conn: Any) -> str:
+    """A plain ``postgresql://`` URL from an Airflow Connection (psycopg2 and COPY need libpq's form;
+    the postgres provider's ``get_uri`` gives SQLAlchemy's ``postgresql+psycopg://``)."""
+    from urllib.parse import quote, urlencode
+
+    auth = ""
+    if conn.login:
+        auth = quote(conn.login, safe="") + (f":{quote(conn.password, safe='')}" if conn.password else "") + "@"
+    options = {k: v for k, v in (conn.extra_dejson or {}).items() if k in ("sslmode", "sslrootcert", "sslcert",
+                                                                          "sslkey", "options", "application_name")}
+    query = f"?{urlencode(options)}" if options else ""
+    return f"postgresql://{auth}{conn.host or 'localhost'}:{conn.port or 5432}/{quote(conn.schema or '', safe='')}{query}"
 
 
 def day_of(interval_start: datetime) -> date:
