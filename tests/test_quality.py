@@ -217,8 +217,6 @@ def test_unknown_status_is_an_error(config: QualityConfig) -> None:
         # neither timestamp inside [START, END): the order does not belong to this partition
         (START - timedelta(days=2), START - timedelta(days=1), "orders.in_interval"),
         (END + timedelta(hours=1), END + timedelta(hours=2), "orders.in_interval"),
-        # updated today but created before the lookback window
-        (START - timedelta(days=20), START + timedelta(hours=1), "orders.created_at_lookback"),
         # updated before it was created
         (START + timedelta(hours=5), START + timedelta(hours=4), "orders.updated_after_created"),
     ],
@@ -235,9 +233,22 @@ def test_timestamps_outside_the_window_are_errors(
     assert r.sample[0]["order_id"] == 1007
     assert r.sample[0]["created_at"] == created.isoformat()
     assert report.status == "error"
-    # (END + 1h) is also after interval_end for created_at_lookback; the others fail alone.
     if created < END:
         assert failed_rules(report) == {rule}
+
+
+def test_a_change_older_than_the_lookback_is_a_warning(config: QualityConfig) -> None:
+    """A refund arriving later than the shop's usual horizon is real data: flagged, not quarantined."""
+    rows = clean_rows()
+    created = START - timedelta(days=20)
+    rows["orders"][7].update(created_at=created, updated_at=START + timedelta(hours=1), status="refunded")
+    report = run(rows, config)
+
+    r = report.result("orders.created_at_lookback")
+    assert (r.success, r.severity, r.observed) == (False, "warning", 1)
+    assert r.sample[0]["created_at"] == created.isoformat()
+    assert report.status == "warning"
+    assert failed_rules(report) == {"orders.created_at_lookback"}
 
 
 def test_orders_created_earlier_and_updated_today_are_valid(config: QualityConfig) -> None:
@@ -476,7 +487,7 @@ def test_config_overrides_merge_over_the_packaged_defaults(tmp_path: Path) -> No
 
 def test_packaged_defaults_follow_the_severity_policy(config: QualityConfig) -> None:
     warnings = {name for name, rule in config.rules.items() if rule.severity == "warning"}
-    assert warnings == {"orders.not_empty", "orders.volume_band", "orders.cancellation_share",
+    assert warnings == {"orders.not_empty", "orders.volume_band", "orders.cancellation_share", "orders.created_at_lookback",
                         "order_items.duplicate_lines", "order_items.volume_band"}
 
 

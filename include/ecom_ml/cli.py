@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp = sub.add_parser("import", help="import a shop's order export (default mapping: Online Retail II)")
     imp.add_argument("source", help="CSV file (plain or .gz)")
     imp.add_argument("--mapping", default=None, help="column mapping YAML (default: the Online Retail II one)")
-    imp.add_argument("--rejects", default=None, help="where rejected rows go (default: beside the source name)")
+    imp.add_argument("--rejects", default=None, help="where rejected rows go (default: $ECOM_HOME/imports/<name>.rejects.csv)")
     imp.add_argument("--db-url", default=None, help="orders database (default: the local server)")
     imp.add_argument("--quiet", action="store_true", help="no progress bar")
     imp.set_defaults(func=_cmd_import)

@@ -1,0 +1,224 @@
+"""Write the derived tables into the orders database in one transaction, never twice.
+
+Why this shape:
+
+* **COPY into temporary staging tables, then INSERT ... SELECT.** COPY is the fast way in (hundreds
+  of thousands of lines in about a second); the SQL step then resolves external references
+  (customer id, SKU, invoice) to the database's own ids with joins, where the data already is.
+* **ON CONFLICT (external_ref / sku) DO NOTHING.** A second import of the same export, or of an
+  overlapping one, adds only what is new. Order lines are inserted only for orders inserted *now*,
+  so an order already present never gains duplicate lines. Identity columns assign every id, so
+  no sequence ever needs bumping; rows already present are filtered out before the INSERT as well,
+  so a re-run does not burn identity values on conflicts (ON CONFLICT stays as the guard against a
+  concurrent writer).
+* **One transaction, committed by the caller.** Every step runs in the connection's open
+  transaction and nothing here commits: a failure anywhere (including the caller's own steps
+  after loading) rolls back to exactly the state before. The staging tables are ``ON COMMIT DROP``
+  temporaries, gone either way. A transaction-scoped advisory lock serialises concurrent imports.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import pandas as pd
+import psycopg2
+import psycopg2.errors
+from psycopg2.extensions import connection as Connection
+from psycopg2.extensions import cursor as Cursor
+
+from ecom_ml.errors import EcomError
+from ecom_ml.importer.derive import Tables
+
+_LOCK_KEY = 0x65636F6D_696D70  # "ecom" "imp": one advisory-lock key for all imports
+
+#: Staging tables: name -> (column, type) in the order the derived frames carry them.
+_STAGING: dict[str, tuple[tuple[str, str], ...]] = {
+    "import_customers": (
+        ("external_ref", "text"),
+        ("country", "text"),
+        ("created_at", "timestamptz"),
+        ("updated_at", "timestamptz"),
+    ),
+    "import_products": (
+        ("sku", "text"),
+        ("name", "text"),
+        ("category", "text"),
+        ("price", "numeric(12, 2)"),
+        ("created_at", "timestamptz"),
+        ("updated_at", "timestamptz"),
+    ),
+    "import_orders": (
+        ("external_ref", "text"),
+        ("customer_ref", "text"),
+        ("status", "text"),
+        ("currency", "char(3)"),
+        ("country", "text"),
+        ("created_at", "timestamptz"),
+        ("updated_at", "timestamptz"),
+    ),
+    "import_items": (
+        ("order_ref", "text"),
+        ("line_no", "integer"),
+        ("sku", "text"),
+        ("quantity", "integer"),
+        ("unit_price", "numeric(12, 2)"),
+    ),
+    "import_new_orders": (("order_id", "bigint"), ("external_ref", "text"), ("status", "text")),
+}
+
+
+class DatabaseError(EcomError):
+    """The orders database is unreachable or lacks the orders schema."""
+
+
+@dataclass
+class LoadCounts:
+    """What the load did: per table, rows new now and rows skipped as already present."""
+
+    customers_new: int = 0
+    customers_present: int = 0
+    products_new: int = 0
+    products_present: int = 0
+    orders_new: int = 0
+    orders_present: int = 0
+    items_new: int = 0
+    orders_new_by_status: dict[str, int] = field(default_factory=dict)
+    present_examples: list[str] = field(default_factory=list)  # a few invoices skipped as present
+
+
+@contextmanager
+def connect(url: str, safe_url: str) -> Iterator[Connection]:
+    """An open connection (its transaction uncommitted until the caller commits); closed on exit."""
+    try:
+        conn = psycopg2.connect(url)
+    except psycopg2.OperationalError as exc:
+        first = (str(exc).strip().splitlines() or ["no detail"])[0]
+        raise DatabaseError(f"cannot connect to the orders database {safe_url}: {first}") from None
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def load_tables(
+    conn: Connection, tables: Tables, safe_url: str, step: Callable[[str], None] = lambda _: None
+) -> LoadCounts:
+    """Stage and insert ``tables`` inside ``conn``'s open transaction; the caller commits or rolls back."""
+    counts = LoadCounts()
+    with conn.cursor() as cur:
+        try:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+            step("staging")
+            _stage(cur, tables)
+            step("customers")
+            counts.customers_new = _insert_customers(cur)
+            step("products")
+            counts.products_new = _insert_products(cur)
+            step("orders")
+            counts.orders_new = _insert_orders(cur)
+            step("order lines")
+            counts.items_new = _insert_items(cur)
+        except (psycopg2.errors.UndefinedTable, psycopg2.errors.UndefinedColumn) as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise DatabaseError(
+                f"{safe_url} does not have the orders schema ({first}); run `ecom-ml db migrate`"
+            ) from None
+        counts.customers_present = len(tables.customers) - counts.customers_new
+        counts.products_present = len(tables.products) - counts.products_new
+        counts.orders_present = len(tables.orders) - counts.orders_new
+        cur.execute("SELECT status, count(*) FROM import_new_orders GROUP BY status ORDER BY status")
+        counts.orders_new_by_status = dict(cur.fetchall())
+        cur.execute(
+            """SELECT s.external_ref FROM import_orders s
+               WHERE NOT EXISTS (SELECT 1 FROM import_new_orders n WHERE n.external_ref = s.external_ref)
+               ORDER BY s.created_at, s.external_ref LIMIT 3"""
+        )
+        counts.present_examples = [row[0] for row in cur.fetchall()]
+    return counts
+
+
+def _stage(cur: Cursor, tables: Tables) -> None:
+    for name, columns in _STAGING.items():
+        cur.execute(f"CREATE TEMPORARY TABLE {name} ({', '.join(f'{c} {t}' for c, t in columns)}) ON COMMIT DROP")
+    for name, frame in (
+        ("import_customers", tables.customers),
+        ("import_products", tables.products),
+        ("import_orders", tables.orders),
+        ("import_items", tables.items),
+    ):
+        _copy(cur, name, frame)
+        cur.execute(f"ANALYZE {name}")  # temporary tables get no autovacuum statistics
+
+
+def _copy(cur: Cursor, table: str, frame: pd.DataFrame) -> None:
+    """COPY a frame as CSV; its columns must be the staging table's, in order (empty -> NULL)."""
+    expected = [column for column, _ in _STAGING[table]]
+    if list(frame.columns) != expected:
+        raise ValueError(f"{table}: frame columns {list(frame.columns)} != staging columns {expected}")
+    buffer = io.StringIO()
+    frame.to_csv(buffer, index=False, header=False)
+    buffer.seek(0)
+    cur.copy_expert(f"COPY {table} ({', '.join(expected)}) FROM STDIN WITH (FORMAT csv)", buffer)
+
+
+def _insert_customers(cur: Cursor) -> int:
+    cur.execute(
+        """INSERT INTO customers (external_ref, country, created_at, updated_at)
+           SELECT s.external_ref, s.country, s.created_at, s.updated_at FROM import_customers s
+           WHERE NOT EXISTS (SELECT 1 FROM customers c WHERE c.external_ref = s.external_ref)
+           ORDER BY s.created_at, s.external_ref
+           ON CONFLICT (external_ref) DO NOTHING"""
+    )
+    return cur.rowcount
+
+
+def _insert_products(cur: Cursor) -> int:
+    cur.execute(
+        """INSERT INTO products (sku, name, category, price, created_at, updated_at)
+           SELECT s.sku, s.name, s.category, s.price, s.created_at, s.updated_at FROM import_products s
+           WHERE NOT EXISTS (SELECT 1 FROM products p WHERE p.sku = s.sku)
+           ORDER BY s.created_at, s.sku
+           ON CONFLICT (sku) DO NOTHING"""
+    )
+    return cur.rowcount
+
+
+def _insert_orders(cur: Cursor) -> int:
+    """Insert orders not yet present, remembering the new ids so only their lines are added."""
+    cur.execute(
+        """WITH inserted AS (
+               INSERT INTO orders (external_ref, customer_id, status, currency, country, created_at, updated_at)
+               SELECT s.external_ref, c.customer_id, s.status, s.currency, s.country, s.created_at, s.updated_at
+               FROM import_orders s LEFT JOIN customers c ON c.external_ref = s.customer_ref
+               WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.external_ref = s.external_ref)
+               ORDER BY s.created_at, s.external_ref
+               ON CONFLICT (external_ref) DO NOTHING
+               RETURNING order_id, external_ref, status)
+           INSERT INTO import_new_orders (order_id, external_ref, status)
+           SELECT order_id, external_ref, status FROM inserted"""
+    )
+    return cur.rowcount
+
+
+def _insert_items(cur: Cursor) -> int:
+    """Insert the lines of the orders inserted now; a line whose product did not resolve is a bug."""
+    cur.execute(
+        """INSERT INTO order_items (order_id, line_no, product_id, quantity, unit_price)
+           SELECT n.order_id, i.line_no, p.product_id, i.quantity, i.unit_price
+           FROM import_items i
+           JOIN import_new_orders n ON n.external_ref = i.order_ref
+           JOIN products p ON p.sku = i.sku
+           ORDER BY n.order_id, i.line_no"""
+    )
+    inserted = cur.rowcount
+    cur.execute("SELECT count(*) FROM import_items i JOIN import_new_orders n ON n.external_ref = i.order_ref")
+    expected = cur.fetchone()[0]
+    if inserted != expected:
+        raise RuntimeError(
+            f"inserted {inserted} order lines for the new orders, expected {expected}: a SKU did not resolve"
+        )
+    return inserted
