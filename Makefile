@@ -25,7 +25,7 @@ test: setup
 	@$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 stop:
-	@if [ -x $(BIN)/ecom-ml ]; then $(BIN)/ecom-ml db stop; else echo "nothing to stop (no .venv)"; fi
+	@if [ -x $(BIN)/ecom-ml ]; then $(BIN)/ecom-ml mlflow stop; $(BIN)/ecom-ml db stop; else echo "nothing to stop (no .venv)"; fi
 
 bench: setup
 	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script; done

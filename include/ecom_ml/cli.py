@@ -69,7 +69,8 @@ def _cmd_airflow(args: argparse.Namespace) -> int:
 
 
 def _cmd_setup(args: argparse.Namespace) -> int:
-    """Bring the local stack to a usable state: server up, orders schema and Airflow's DB migrated."""
+    """Bring the local stack to a usable state: PostgreSQL up, orders schema and Airflow's DB migrated,
+    the MLflow tracking server running."""
     from ecom_ml.db import server
     from ecom_ml.db.migrate import migrate
 
@@ -83,6 +84,9 @@ def _cmd_setup(args: argparse.Namespace) -> int:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise EcomError(f"`airflow db migrate` failed on {cfg.local_url(settings_mod.AIRFLOW_DB)}: {last}")
     print(f"Airflow metadata DB: migrated ({cfg.local_url(settings_mod.AIRFLOW_DB)})")
+    from ecom_ml import mlflow_server
+
+    print(f"MLflow: {mlflow_server.start(cfg).describe()}")
     return 0
 
 
@@ -159,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--db-url", default=None, help="orders database (default: the local server)")
     imp.add_argument("--quiet", action="store_true", help="no progress bar")
     imp.set_defaults(func=_cmd_import)
+
+    from ecom_ml import registry
+
+    registry.add_cli(sub)  # mlflow start|stop|status|url, rollback, history
     return parser
 
 

@@ -1,0 +1,558 @@
+"""The promotion gate: is a candidate model good enough, and cheap enough, to become champion?
+
+Gates are data. Thresholds live per model in ``ecom_ml/gates/<model>.yaml``; the verdict is a
+:class:`GateReport` that lists every check with its threshold and the candidate's, champion's and
+best baseline's values, and renders as JSON (stored with the model version) and Markdown (shown to
+people, attached to alerts). One check failing blocks promotion; the report says which and by how much.
+
+The checks, in report order:
+
+``beats_best_baseline``
+    candidate[primary] >= best baseline[primary] x (1 + baseline_margin). A model must beat the
+    strongest heuristic (in this shop: repeat purchase) by a margin, or it is not worth serving.
+``no_regression_vs_champion``
+    candidate[primary] >= champion[primary] x (1 - champion_tolerance); "n/a" (passes) when there is
+    no champion yet. Pass the champion *re-scored on today's holdout*, not the metrics it had when it
+    was trained: figures from different holdouts do not compare.
+``slice:<slice>:<metric>``
+    candidate.slices[slice][metric] >= floor, for every floor in the config. Averages hide a broken
+    cold-start path (new customers are a small share of the test set).
+``max_model_bytes`` / ``max_p99_ms``
+    candidate.cost.model_bytes / p99_ms within budget: a better model that costs ten times more to
+    serve is not automatically better. ``null`` in the YAML disables a budget ("n/a").
+
+Missing or non-finite values fail their check (with the reason in ``detail``) rather than raising:
+a report that shows *what* was missing is more useful in an alert than a traceback.
+Only stdlib and PyYAML are imported here, so DAG files may import this module at parse time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ecom_ml.errors import EcomError
+
+_REQUIRED_KEYS = ("model", "primary_metric", "baseline_margin", "champion_tolerance", "slices",
+                  "max_model_bytes", "max_p99_ms")
+_OPTIONAL_KEYS = {"higher_is_better": True}
+
+
+class GateConfigError(EcomError):
+    """A gate configuration cannot be used; the message names the file and the offending key."""
+
+
+class GateInputError(EcomError):
+    """The evaluation results handed to the gate are not shaped like evaluation results."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------------
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Thresholds of one model's gate (see the module docstring for what each one checks)."""
+
+    model: str
+    primary_metric: str
+    baseline_margin: float
+    champion_tolerance: float
+    slices: Mapping[str, Mapping[str, float]]
+    max_model_bytes: int | None
+    max_p99_ms: float | None
+    higher_is_better: bool = True
+    #: Where the values came from, for messages and the report.
+    source: str = "<dict>"
+
+    @classmethod
+    def load(cls, model_or_path: str | Path) -> GateConfig:
+        """Load ``ecom_ml/gates/<model>.yaml`` (a model name) or a YAML file (a path).
+
+        Anything wrong (no file, bad YAML, missing/unknown key, wrong type or range) raises
+        :class:`GateConfigError` with one line naming the file and the key.
+        """
+        text: str
+        if isinstance(model_or_path, Path) or str(model_or_path).endswith((".yaml", ".yml")) or "/" in str(
+            model_or_path
+        ):
+            path = Path(model_or_path)
+            source = str(path)
+            try:
+                text = path.read_text("utf-8")
+            except FileNotFoundError:
+                raise GateConfigError(f"gate config {source}: no such file") from None
+            except OSError as exc:
+                raise GateConfigError(f"gate config {source}: cannot be read ({exc.strerror})") from None
+        else:
+            name = str(model_or_path)
+            resource = resources.files("ecom_ml.gates").joinpath(f"{name}.yaml")
+            source = f"ecom_ml/gates/{name}.yaml"
+            if not resource.is_file():
+                known = sorted(
+                    p.name[: -len(".yaml")] for p in resources.files("ecom_ml.gates").iterdir()
+                    if p.name.endswith(".yaml")
+                )
+                raise GateConfigError(
+                    f"gate config {source}: no gate is configured for model {name!r} (known: {', '.join(known)})"
+                )
+            text = resource.read_text("utf-8")
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise GateConfigError(f"gate config {source}: not valid YAML{where}: {problem}") from None
+        return cls.from_dict(data, source=source)
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "<dict>") -> GateConfig:
+        """Validate a parsed config; every problem is reported as ``gate config <source>: key …``."""
+
+        def fail(key: str, message: str) -> GateConfigError:
+            return GateConfigError(f"gate config {source}: key '{key}' {message}")
+
+        if not isinstance(data, Mapping):
+            raise GateConfigError(f"gate config {source}: expected a mapping of settings, got {type(data).__name__}")
+        unknown = sorted(set(data) - set(_REQUIRED_KEYS) - set(_OPTIONAL_KEYS))
+        if unknown:
+            expected = ", ".join([*_REQUIRED_KEYS, *_OPTIONAL_KEYS])
+            raise GateConfigError(f"gate config {source}: unknown key '{unknown[0]}' (expected: {expected})")
+        for key in _REQUIRED_KEYS:
+            if key not in data:
+                raise fail(key, "is missing")
+
+        model = data["model"]
+        if not isinstance(model, str) or not model:
+            raise fail("model", f"must be a model name, got {model!r}")
+        primary = data["primary_metric"]
+        if not isinstance(primary, str) or not primary:
+            raise fail("primary_metric", f"must be a metric name such as 'ndcg@10', got {primary!r}")
+
+        def fraction(key: str, upper: float) -> float:
+            value = data[key]
+            if not _is_number(value) or not 0 <= value < upper:
+                raise fail(key, f"must be a number in [0, {upper:g}), got {value!r}")
+            return float(value)
+
+        margin = fraction("baseline_margin", 10)
+        tolerance = fraction("champion_tolerance", 1)
+
+        def budget(key: str, integer: bool) -> Any:
+            value = data[key]
+            if value is None:
+                return None
+            if not _is_number(value) or value <= 0 or (integer and float(value) != int(value)):
+                kind = "a positive integer" if integer else "a positive number"
+                raise fail(key, f"must be {kind} or null, got {value!r}")
+            return int(value) if integer else float(value)
+
+        max_bytes = budget("max_model_bytes", True)
+        max_p99 = budget("max_p99_ms", False)
+
+        raw_slices = data["slices"]
+        if raw_slices is None:
+            raw_slices = {}
+        if not isinstance(raw_slices, Mapping):
+            raise fail("slices", f"must map slice -> {{metric: floor}}, got {type(raw_slices).__name__}")
+        slices: dict[str, dict[str, float]] = {}
+        for slice_name, floors in raw_slices.items():
+            if not isinstance(floors, Mapping) or not floors:
+                raise fail(f"slices.{slice_name}", "must map metric -> floor, e.g. {recall@10: 0.02}")
+            slices[str(slice_name)] = {}
+            for metric, floor in floors.items():
+                if not _is_number(floor) or floor < 0:
+                    raise fail(f"slices.{slice_name}.{metric}", f"must be a number >= 0, got {floor!r}")
+                slices[str(slice_name)][str(metric)] = float(floor)
+
+        higher = data.get("higher_is_better", _OPTIONAL_KEYS["higher_is_better"])
+        if not isinstance(higher, bool):
+            raise fail("higher_is_better", f"must be true or false, got {higher!r}")
+
+        return cls(
+            model=model,
+            primary_metric=primary,
+            baseline_margin=margin,
+            champion_tolerance=tolerance,
+            slices=slices,
+            max_model_bytes=max_bytes,
+            max_p99_ms=max_p99,
+            higher_is_better=higher,
+            source=source,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "primary_metric": self.primary_metric,
+            "higher_is_better": self.higher_is_better,
+            "baseline_margin": self.baseline_margin,
+            "champion_tolerance": self.champion_tolerance,
+            "slices": {s: dict(m) for s, m in self.slices.items()},
+            "max_model_bytes": self.max_model_bytes,
+            "max_p99_ms": self.max_p99_ms,
+            "source": self.source,
+        }
+
+
+# --------------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the gate: a value compared with a threshold.
+
+    ``comparison`` is ``">="`` (candidate must reach the threshold) or ``"<="`` (must stay within it).
+    ``applicable`` is False for a check that cannot apply (no champion yet, budget disabled); such a
+    check passes and shows as "n/a".
+    """
+
+    name: str
+    threshold: float | None
+    candidate: float | None
+    champion: float | None
+    baseline: float | None
+    passed: bool
+    detail: str
+    metric: str = ""
+    comparison: str = ">="
+    applicable: bool = True
+
+    @property
+    def result(self) -> str:
+        if not self.applicable:
+            return "n/a"
+        return "pass" if self.passed else "FAIL"
+
+
+def _fmt(value: Any) -> str:
+    """Numbers for people: byte counts with separators, metrics with 4 decimals."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if float(value).is_integer() and abs(value) >= 1000:
+        return f"{int(value):,}"
+    if isinstance(value, int):
+        return str(value)
+    if abs(value) >= 100:
+        return f"{value:,.1f}"
+    if abs(value) >= 1:
+        return f"{value:.2f}"
+    return f"{value:.4f}"
+
+
+def _flatten(result: Mapping[str, Any] | None, prefix: str = "") -> dict[str, Any]:
+    """``{"slices": {"new": {"recall@10": x}}}`` -> ``{"slices.new.recall@10": x}``."""
+    out: dict[str, Any] = {}
+    for key, value in (result or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def _md(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+@dataclass
+class GateReport:
+    """The gate's verdict as a document (see :func:`evaluate_gate`)."""
+
+    model: str
+    primary_metric: str
+    passed: bool
+    checks: list[Check]
+    candidate: dict[str, Any]
+    champion: dict[str, Any] | None
+    baselines: dict[str, dict[str, Any]]
+    best_baseline: str | None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed_checks(self) -> list[Check]:
+        return [check for check in self.checks if not check.passed]
+
+    # ---- serialisation ----------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "primary_metric": self.primary_metric,
+            "passed": self.passed,
+            "summary": self.summary_line(),
+            "best_baseline": self.best_baseline,
+            "checks": [asdict(check) for check in self.checks],
+            "candidate": self.candidate,
+            "champion": self.champion,
+            "baselines": self.baselines,
+            "config": self.config,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False, default=str)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GateReport:
+        """Rebuild a report from :meth:`to_dict` output (e.g. a ``gate_report.json`` or an XCom)."""
+        try:
+            return cls(
+                model=data["model"],
+                primary_metric=data["primary_metric"],
+                passed=bool(data["passed"]),
+                checks=[Check(**check) for check in data["checks"]],
+                candidate=dict(data.get("candidate") or {}),
+                champion=dict(data["champion"]) if data.get("champion") is not None else None,
+                baselines={k: dict(v) for k, v in (data.get("baselines") or {}).items()},
+                best_baseline=data.get("best_baseline"),
+                config=dict(data.get("config") or {}),
+            )
+        except (KeyError, TypeError) as exc:
+            raise GateInputError(f"not a gate report (as written by GateReport.to_json): {exc}") from None
+
+    # ---- for people -------------------------------------------------------------------------------
+
+    def summary_line(self) -> str:
+        """One line: the verdict, and every failed check with its value against its threshold."""
+        if self.passed:
+            na = [c.name for c in self.checks if not c.applicable]
+            extra = f"; n/a: {', '.join(na)}" if na else ""
+            primary = next((c for c in self.checks if c.name == "beats_best_baseline"), None)
+            value = f" ({self.primary_metric} {_fmt(primary.candidate)})" if primary else ""
+            return f"gate PASSED for {self.model}{value}: {len(self.checks)} checks{extra}"
+        failed = self.failed_checks
+        parts = []
+        for check in failed:
+            metric = f" {check.metric}" if check.metric and check.metric not in check.name else ""
+            if check.candidate is None or check.threshold is None:
+                parts.append(f"{check.name}{metric}: {check.detail}")
+            else:
+                bad = "<" if check.comparison == ">=" else ">"
+                parts.append(f"{check.name}{metric} {_fmt(check.candidate)} {bad} {_fmt(check.threshold)}")
+        return f"gate FAILED for {self.model} ({len(failed)} of {len(self.checks)} checks): " + "; ".join(parts)
+
+    def to_markdown(self) -> str:
+        """Every check (threshold, candidate, champion, best baseline, result), then all metrics."""
+        verdict = "PASSED" if self.passed else "FAILED"
+        best = f" (best baseline: `{self.best_baseline}`)" if self.best_baseline else ""
+        lines = [
+            f"## Gate {verdict}: `{self.model}`",
+            "",
+            self.summary_line(),
+            "",
+            f"Primary metric `{self.primary_metric}`{best}; thresholds from `{self.config.get('source', '?')}`.",
+            "",
+            "| Check | Metric | Threshold | Candidate | Champion | Best baseline | Result | Detail |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for c in self.checks:
+            threshold = "—" if c.threshold is None else f"{c.comparison} {_fmt(c.threshold)}"
+            lines.append(
+                f"| {_md(c.name)} | {_md(c.metric)} | {threshold} | {_fmt(c.candidate)} | {_fmt(c.champion)} | "
+                f"{_fmt(c.baseline)} | **{c.result}** | {_md(c.detail)} |"
+            )
+        columns: list[tuple[str, Mapping[str, Any] | None]] = [("candidate", self.candidate)]
+        columns.append(("champion", self.champion))
+        columns.extend((f"baseline: {name}", result) for name, result in self.baselines.items())
+        flat = [(title, _flatten(result)) for title, result in columns]
+        rows: list[str] = []
+        for _, values in flat:
+            rows.extend(key for key in values if key not in rows)
+        # Headline metrics first, then slices, then cost: the order people read a model card in.
+        first_seen = {key: index for index, key in enumerate(rows)}
+        rows.sort(key=lambda key: (key.startswith("cost."), key.startswith("slices."), first_seen[key]))
+        lines += [
+            "",
+            "### Metrics on the holdout",
+            "",
+            "| Metric | " + " | ".join(_md(title) for title, _ in flat) + " |",
+            "|---|" + "---|" * len(flat),
+        ]
+        for key in rows:
+            cells = []
+            for title, values in flat:
+                if title == "champion" and self.champion is None:
+                    cells.append("n/a")
+                else:
+                    cells.append(_fmt(values.get(key)))
+            lines.append(f"| {_md(key)} | " + " | ".join(cells) + " |")
+        if self.champion is None:
+            lines += ["", "_No champion yet: this would be the first promoted version._"]
+        return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------------
+
+
+def _lookup(result: Mapping[str, Any] | None, *path: str) -> tuple[float | None, str]:
+    """(value, problem): value is a finite float or None, and problem says why it is None."""
+    node: Any = result
+    for key in path:
+        if not isinstance(node, Mapping) or key not in node:
+            return None, "missing"
+        node = node[key]
+    if isinstance(node, bool) or not isinstance(node, (int, float)):
+        return None, f"not a number ({node!r})"
+    if not math.isfinite(node):
+        return None, f"not finite ({node})"
+    return float(node), ""
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-safe deep copy: the report must not share (or be changed through) the caller's dicts,
+    and strict JSON has no NaN/Infinity, so non-finite numbers become strings ("nan", "inf")."""
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def _check_mapping(name: str, value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise GateInputError(f"gate input {name} must be an evaluation result (a mapping), got {type(value).__name__}")
+    return value
+
+
+def evaluate_gate(
+    config: GateConfig | str | Path,
+    candidate: Mapping[str, Any],
+    champion: Mapping[str, Any] | None,
+    baselines: Mapping[str, Mapping[str, Any]],
+) -> GateReport:
+    """Run every check of ``config`` on the candidate's evaluation result; see the module docstring.
+
+    ``config`` may also be a model name (packaged YAML) or a path to a YAML file.
+    """
+    cfg = config if isinstance(config, GateConfig) else GateConfig.load(config)
+    candidate = _check_mapping("candidate", candidate)
+    if champion is not None:
+        champion = _check_mapping("champion", champion)
+    if not isinstance(baselines, Mapping):
+        raise GateInputError(f"gate input baselines must map name -> evaluation result, got {type(baselines).__name__}")
+    for name, result in baselines.items():
+        _check_mapping(f"baselines[{name!r}]", result)
+
+    primary = cfg.primary_metric
+    higher = cfg.higher_is_better
+    better = ">=" if higher else "<="
+    checks: list[Check] = []
+
+    cand_primary, cand_problem = _lookup(candidate, primary)
+    champ_primary = _lookup(champion, primary)[0] if champion is not None else None
+
+    # -- best baseline -------------------------------------------------------------------------------
+    scored = [(name, _lookup(result, primary)[0]) for name, result in baselines.items()]
+    usable = [(name, value) for name, value in scored if value is not None]
+    unusable = [name for name, value in scored if value is None]
+    best_name: str | None = None
+    best_value: float | None = None
+    if usable:
+        best_name, best_value = (max if higher else min)(usable, key=lambda item: item[1])
+    if best_value is None:
+        why = "no baseline results given" if not baselines else f"no baseline has a numeric {primary}"
+        checks.append(Check("beats_best_baseline", None, cand_primary, champ_primary, None, False,
+                            f"{why}; the gate needs at least one baseline", primary, better))
+    else:
+        factor = (1 + cfg.baseline_margin) if higher else (1 - cfg.baseline_margin)
+        threshold = best_value * factor
+        skipped = f"; ignored (no {primary}): {', '.join(unusable)}" if unusable else ""
+        if cand_primary is None:
+            checks.append(Check("beats_best_baseline", threshold, None, champ_primary, best_value, False,
+                                f"candidate {primary} is {cand_problem}{skipped}", primary, better))
+        else:
+            ok = cand_primary >= threshold if higher else cand_primary <= threshold
+            checks.append(Check(
+                "beats_best_baseline", threshold, cand_primary, champ_primary, best_value, ok,
+                f"best baseline {best_name} {_fmt(best_value)} x {factor:g}{skipped}", primary, better,
+            ))
+
+    # -- champion ------------------------------------------------------------------------------------
+    if champion is None:
+        checks.append(Check("no_regression_vs_champion", None, cand_primary, None, best_value, True,
+                            "no champion yet (first model): not applicable", primary, better, applicable=False))
+    else:
+        champ_value, champ_problem = _lookup(champion, primary)
+        factor = (1 - cfg.champion_tolerance) if higher else (1 + cfg.champion_tolerance)
+        if champ_value is None:
+            checks.append(Check("no_regression_vs_champion", None, cand_primary, None, best_value, False,
+                                f"champion {primary} is {champ_problem}", primary, better))
+        elif cand_primary is None:
+            checks.append(Check("no_regression_vs_champion", champ_value * factor, None, champ_value, best_value,
+                                False, f"candidate {primary} is {cand_problem}", primary, better))
+        else:
+            threshold = champ_value * factor
+            ok = cand_primary >= threshold if higher else cand_primary <= threshold
+            checks.append(Check(
+                "no_regression_vs_champion", threshold, cand_primary, champ_value, best_value, ok,
+                f"champion {_fmt(champ_value)} x {factor:g}", primary, better,
+            ))
+
+    # -- slice floors --------------------------------------------------------------------------------
+    best_result = baselines.get(best_name) if best_name is not None else None
+    for slice_name, floors in cfg.slices.items():
+        for metric, floor in floors.items():
+            value, problem = _lookup(candidate, "slices", slice_name, metric)
+            champ_slice = _lookup(champion, "slices", slice_name, metric)[0] if champion is not None else None
+            base_slice = _lookup(best_result, "slices", slice_name, metric)[0]
+            name = f"slice:{slice_name}:{metric}"
+            if value is None:
+                checks.append(Check(name, floor, None, champ_slice, base_slice, False,
+                                    f"candidate slices.{slice_name}.{metric} is {problem}", metric, ">="))
+            else:
+                checks.append(Check(name, floor, value, champ_slice, base_slice, value >= floor,
+                                    f"floor for the {slice_name!r} slice", metric, ">="))
+
+    # -- cost budgets --------------------------------------------------------------------------------
+    for check_name, key, limit in (("max_model_bytes", "model_bytes", cfg.max_model_bytes),
+                                   ("max_p99_ms", "p99_ms", cfg.max_p99_ms)):
+        value, problem = _lookup(candidate, "cost", key)
+        champ_cost = _lookup(champion, "cost", key)[0] if champion is not None else None
+        base_cost = _lookup(best_result, "cost", key)[0]
+        if limit is None:
+            checks.append(Check(check_name, None, value, champ_cost, base_cost, True,
+                                "no budget configured", f"cost.{key}", "<=", applicable=False))
+        elif value is None:
+            checks.append(Check(check_name, float(limit), None, champ_cost, base_cost, False,
+                                f"candidate cost.{key} is {problem}", f"cost.{key}", "<="))
+        else:
+            checks.append(Check(check_name, float(limit), value, champ_cost, base_cost, value <= limit,
+                                "serving budget", f"cost.{key}", "<="))
+
+    return GateReport(
+        model=cfg.model,
+        primary_metric=primary,
+        passed=all(check.passed for check in checks),
+        checks=checks,
+        candidate=_plain(candidate),
+        champion=_plain(champion) if champion is not None else None,
+        baselines={str(name): _plain(result) for name, result in baselines.items()},
+        best_baseline=best_name,
+        config=cfg.to_dict(),
+    )
