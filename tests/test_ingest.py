@@ -148,7 +148,12 @@ def test_an_empty_day_publishes_an_empty_partition_with_a_warning(ingest):
     run = run_day(dag, day)
     assert str(run.state) == "success", _task_states(run)
     manifest = lake.manifest(VALIDATED, DATASET, day)
-    assert manifest.rows["orders"] == 0 and manifest.extra["quality"] == "warning"
+    assert manifest.extra["quality"] == "warning"
+    orders = lake.read(VALIDATED, DATASET, day)["orders"].to_pandas()
+    start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    assert (orders.created_at >= start).sum() == 0, "no order may be created on the empty day"
+    # Earlier orders that changed status that day are still captured (change capture by updated_at).
+    assert (orders.updated_at >= start).all()
 
 
 def test_a_renamed_source_column_fails_clearly_and_publishes_nothing(ingest, caplog):

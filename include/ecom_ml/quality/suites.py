@@ -111,8 +111,11 @@ def orders_checks(inputs: SuiteInputs, config: QualityConfig) -> list[Check]:
 
     start, end = inputs.interval_start, inputs.interval_end
     b = _Builder("orders", config)
-    b.add("not_empty", b.gxe.ExpectTableRowCountToBeBetween, "the day has at least one order", "orders",
-          threshold="≥ 1", min_value=1)
+    # Counted on orders *created* in the interval: the partition also carries earlier orders updated
+    # today (status changes, cancellations), which do not make a day without sales non-empty.
+    created_today = (Column("created_at") >= start) & (Column("created_at") < end)
+    b.add("not_empty", b.gxe.ExpectTableRowCountToBeBetween, "the day has at least one order created in it",
+          "orders", threshold="≥ 1", min_value=1, row_condition=created_today)
     b.not_null("order_id")
     b.unique("order_id")
     null_share = config.rule("orders.customer_id_not_null")["max_null_share"]
@@ -143,7 +146,7 @@ def orders_checks(inputs: SuiteInputs, config: QualityConfig) -> list[Check]:
           "share of cancelled or refunded orders among those created in the interval",
           "status cancelled/refunded", columns=("status", "created_at"), max_share=max_share,
           column="status", value_set=["cancelled", "refunded"],
-          row_condition=(Column("created_at") >= start) & (Column("created_at") < end))
+          row_condition=created_today)
     return b.checks
 
 
