@@ -46,7 +46,7 @@ def orders_ingest():
 
     @task(retries=0)
     def check_quality(extracted: dict, data_interval_start=None, data_interval_end=None) -> dict:
-        from airflow.exceptions import AirflowFailException
+        from airflow.sdk.exceptions import AirflowFailException
 
         from ecom_ml.ingest.tasks import IngestConfig, QualityGateFailed, check_quality
 
