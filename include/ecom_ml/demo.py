@@ -13,6 +13,7 @@ import sys
 from datetime import date, datetime, timedelta, timezone
 
 from ecom_ml import settings as settings_mod
+from ecom_ml.errors import EcomError
 
 DEMO_START = date(2024, 1, 1)
 
@@ -42,6 +43,36 @@ def run_ingest_days(days: list[date]) -> list[tuple[date, str]]:
     return outcome
 
 
+def run_training(day: date):
+    """dag.test() train_recommender for ``day`` (the `day` param, as a user would set it in the UI)."""
+    dag = _load_dag("train_recommender")
+    return dag.test(run_conf={"day": day.isoformat()})
+
+
+def print_training(run, cfg: settings_mod.Settings) -> None:
+    from ecom_ml import mlflow_server, registry
+    from ecom_ml.models import fetch_dir
+
+    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+    print("tasks: " + ", ".join(f"{task}={state}" for task, state in states.items()))
+    gated = run.get_task_instance("gate").xcom_pull(task_ids="gate") if states.get("gate") == "success" else None
+    built = run.get_task_instance("features").xcom_pull(task_ids="features")
+    report = f"{built['out_uri']}/gate_report.md" if built else None
+    if report:
+        try:
+            print()
+            print((fetch_dir(built["out_uri"]) / "gate_report.md").read_text())
+        except (OSError, EcomError):
+            print(f"(no gate report at {report})")
+    champion = registry.champion("recommender", download=False)
+    if champion is not None:
+        print(f"champion: recommender v{champion.version} since {champion.since} ({champion.model_uri})")
+    if gated:
+        print(f"this run's candidate: v{gated['version']} — gate passed")
+    print(f"gate report:      {report}")
+    print(f"MLflow UI:        {mlflow_server.tracking_uri()}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ecom_ml.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--days", type=int, default=21)
@@ -54,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ecom_ml.generator import GeneratorConfig, generate, parse_injections
 
-    print(f"1/2 generating {args.days} days of orders from {DEMO_START} into {cfg.orders_db_url} ...", flush=True)
+    print(f"1/3 generating {args.days} days of orders from {DEMO_START} into {cfg.orders_db_url} ...", flush=True)
     summary = generate(
         cfg.orders_db_url,
         GeneratorConfig(start=DEMO_START, days=args.days, orders_per_day=args.orders_per_day, seed=args.seed,
@@ -64,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     print(summary.describe())
 
     days = [DEMO_START + timedelta(days=i) for i in range(args.days)]
-    print(f"2/2 running orders_ingest for {len(days)} days (extract -> quality -> publish) ...", flush=True)
+    print(f"2/3 running orders_ingest for {len(days)} days (extract -> quality -> publish) ...", flush=True)
     outcome = run_ingest_days(days)
 
     from ecom_ml.ingest.tasks import DATASET, REPORT_MD
@@ -79,13 +110,19 @@ def main(argv: list[str] | None = None) -> int:
         quality = (manifest.extra.get("quality") if manifest else None) or "-"
         print(f"{day.isoformat():<12}{state:<10}{rows.get('orders', 0):>8}{rows.get('order_items', 0):>8}  {quality}")
     failed = [day for day, state in outcome if state != "success"]
+
+    print()
+    print(f"3/3 running train_recommender for {days[-1]} (features -> train -> evaluate -> gate -> promote) ...",
+          flush=True)
+    training = run_training(days[-1])
+    print_training(training, cfg)
     print()
     print(f"validated lake:   {lake.dataset(VALIDATED, DATASET)}")
     print(f"quarantine:       {lake.dataset(QUARANTINE, DATASET)}")
     print(f"a quality report: {lake.partition(VALIDATED, DATASET, days[-1]) / REPORT_MD}")
     print(f"orders database:  {cfg.orders_db_url}   (psql: ecom-ml db url)")
     print("Airflow runs:     .venv/bin/ecom-ml airflow dags list-runs orders_ingest")
-    return 1 if failed else 0
+    return 1 if failed or str(training.state) != "success" else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Training DAG steps shared by every model kind."""
