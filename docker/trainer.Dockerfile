@@ -30,7 +30,11 @@ RUN python -m venv /opt/trainer-venv \
     && pip install -c /opt/ecom/constraints.txt \
         "tensorflow[and-cuda]==${TENSORFLOW_VERSION}" \
         keras \
-        mlflow-skinny
+        mlflow-skinny \
+        apache-airflow-task-sdk \
+        "apache-airflow-providers-amazon[s3fs]"
+# apache-airflow-task-sdk brings airflow.sdk.ObjectStoragePath, through which the trainer reads the
+# lake and writes the model (file:// and s3:// alike); the amazon provider registers s3:// with it.
 
 # The project package; its own dependencies resolve against the same constraints.
 COPY include/ /opt/ecom/include/
