@@ -8,9 +8,12 @@ where the results are.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
 
 from ecom_ml import settings as settings_mod
 from ecom_ml.errors import EcomError
@@ -30,7 +33,29 @@ def _load_dag(dag_id: str):
     return bag.get_dag(dag_id)
 
 
-def run_ingest_days(days: list[date]) -> list[tuple[date, str]]:
+@contextlib.contextmanager
+def _logs_to(path: Path) -> Iterator[None]:
+    """Send everything written to stdout/stderr (Airflow's and GX's task logs) to a file, so the
+    terminal shows the demo's own summary; file descriptors, since structlog holds the streams."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "ab") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def run_ingest_days(days: list[date], log: Path) -> list[tuple[date, str]]:
     """dag.test() orders_ingest for each day; returns (day, final state) pairs."""
     dag = _load_dag("orders_ingest")
     outcome = []
@@ -38,15 +63,18 @@ def run_ingest_days(days: list[date]) -> list[tuple[date, str]]:
         # A manual run covers the day that ends at its logical date, so day D is run at D+1 00:00.
         end = day + timedelta(days=1)
         logical = datetime(end.year, end.month, end.day, tzinfo=timezone.utc)
-        run = dag.test(logical_date=logical)
+        with _logs_to(log):
+            run = dag.test(logical_date=logical)
+        print(f"  {day}: {run.state}", flush=True)
         outcome.append((day, str(run.state)))
     return outcome
 
 
-def run_training(day: date):
+def run_training(day: date, log: Path):
     """dag.test() train_recommender for ``day`` (the `day` param, as a user would set it in the UI)."""
     dag = _load_dag("train_recommender")
-    return dag.test(run_conf={"day": day.isoformat()})
+    with _logs_to(log):
+        return dag.test(run_conf={"day": day.isoformat()})
 
 
 def print_training(run, cfg: settings_mod.Settings) -> None:
@@ -75,8 +103,8 @@ def print_training(run, cfg: settings_mod.Settings) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ecom_ml.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--days", type=int, default=21)
-    parser.add_argument("--orders-per-day", type=int, default=2000)
+    parser.add_argument("--days", type=int, default=35)
+    parser.add_argument("--orders-per-day", type=int, default=1500)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
 
@@ -96,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
 
     days = [DEMO_START + timedelta(days=i) for i in range(args.days)]
     print(f"2/3 running orders_ingest for {len(days)} days (extract -> quality -> publish) ...", flush=True)
-    outcome = run_ingest_days(days)
+    log = cfg.log_dir / "demo.log"
+    print(f"    (Airflow task logs: {log})")
+    outcome = run_ingest_days(days, log)
 
     from ecom_ml.ingest.tasks import DATASET, REPORT_MD
     from ecom_ml.lake import QUARANTINE, VALIDATED, Lake
@@ -114,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"3/3 running train_recommender for {days[-1]} (features -> train -> evaluate -> gate -> promote) ...",
           flush=True)
-    training = run_training(days[-1])
+    training = run_training(days[-1], log)
     print_training(training, cfg)
     print()
     print(f"validated lake:   {lake.dataset(VALIDATED, DATASET)}")

@@ -271,6 +271,14 @@ def _flatten(result: Mapping[str, Any] | None, prefix: str = "") -> dict[str, An
     return out
 
 
+#: Bookkeeping fields of an evaluation result, not metrics: kept in the JSON, left out of the table.
+_NOT_METRICS = {"recommender", "ks", "cutoff", "test_end", "seconds", "history_len", "protocol", "version"}
+
+
+def _is_metric_row(key: str, value: Any) -> bool:
+    return key.split(".", 1)[0] not in _NOT_METRICS and (value is None or _is_number(value))
+
+
 def _md(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -377,7 +385,7 @@ class GateReport:
         flat = [(title, _flatten(result)) for title, result in columns]
         rows: list[str] = []
         for _, values in flat:
-            rows.extend(key for key in values if key not in rows)
+            rows.extend(key for key in values if key not in rows and _is_metric_row(key, values[key]))
         # Headline metrics first, then slices, then cost: the order people read a model card in.
         first_seen = {key: index for index, key in enumerate(rows)}
         rows.sort(key=lambda key: (key.startswith("cost."), key.startswith("slices."), first_seen[key]))
