@@ -25,25 +25,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from ecom_ml import settings as settings_mod
 from ecom_ml.errors import EcomError
-from ecom_ml.settings import ConfigError, Settings
+from ecom_ml.localhost import file_lock, port_in_use
+from ecom_ml.settings import ConfigError, Settings, port_from_env
 
 DEFAULT_MLFLOW_PORT = 55000
 LOCAL_HOST = "127.0.0.1"
@@ -60,16 +58,7 @@ class MlflowServerError(EcomError):
 
 def mlflow_port() -> int:
     """``ECOM_MLFLOW_PORT`` (default 55000): the local server's loopback port."""
-    raw = os.environ.get("ECOM_MLFLOW_PORT", "")
-    if raw == "":
-        return DEFAULT_MLFLOW_PORT
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"ECOM_MLFLOW_PORT={raw!r} is not an integer") from None
-    if not 1 <= value <= 65535:
-        raise ConfigError(f"ECOM_MLFLOW_PORT={raw!r} is not a TCP port (1-65535)")
-    return value
+    return port_from_env("ECOM_MLFLOW_PORT", DEFAULT_MLFLOW_PORT)
 
 
 def server_url(port: int | None = None) -> str:
@@ -235,24 +224,6 @@ def status(settings: Settings | None = None) -> ServerStatus:
     return ServerStatus(False, False, None, None, None, None, None, log_file(cfg))
 
 
-@contextlib.contextmanager
-def _lock(settings: Settings) -> Iterator[None]:
-    """Serialise start/stop across processes (two `make demo` at once must not start two servers)."""
-    settings.home.mkdir(parents=True, exist_ok=True)
-    with open(settings.home / "mlflow.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _port_taken(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((LOCAL_HOST, port)) == 0
-
-
 def check_backend_reachable(
     uri: str, *, hint: str = "start it with `ecom-ml db start` (or fix ECOM_MLFLOW_DB_URL)"
 ) -> None:
@@ -360,7 +331,7 @@ def start(settings: Settings | None = None) -> ServerStatus:
     """Start the local server unless it already runs (idempotent); wait until it answers /health."""
     cfg = settings or settings_mod.load()
     port = mlflow_port()
-    with _lock(cfg):
+    with file_lock(cfg.home / "mlflow.lock"):
         current = status(cfg)
         if current.running:
             if current.port != port:
@@ -380,7 +351,7 @@ def start(settings: Settings | None = None) -> ServerStatus:
                 _wait_healthy(cfg, current.pid, current.url or server_url(port))
             return status(cfg)
         pid_file(cfg).unlink(missing_ok=True)  # stale: its process is gone
-        if _port_taken(port):
+        if port_in_use(LOCAL_HOST, port):
             raise MlflowServerError(
                 f"port {port} on {LOCAL_HOST} is already in use by another program: stop it or choose another "
                 f"port with ECOM_MLFLOW_PORT"
@@ -446,7 +417,7 @@ def _wait_healthy(cfg: Settings, pid: int | None, url: str) -> None:
 def stop(settings: Settings | None = None) -> ServerStatus:
     """Stop the local server if it runs (a no-op otherwise) and remove its pid file."""
     cfg = settings or settings_mod.load()
-    with _lock(cfg):
+    with file_lock(cfg.home / "mlflow.lock"):
         current = status(cfg)
         if current.running and current.pid is not None:
             _terminate_group(current.pid)

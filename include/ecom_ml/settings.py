@@ -34,7 +34,8 @@ class ConfigError(EcomError):
     """A setting a user gave is unusable; the message names the variable and the value."""
 
 
-def _int_env(name: str, default: int) -> int:
+def port_from_env(name: str, default: int) -> int:
+    """A TCP port from the environment, with a one-line error naming the variable."""
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
@@ -101,7 +102,7 @@ def load() -> Settings:
         home=home,
         repo=repo,
         pg_host=os.environ.get("ECOM_PG_HOST", "127.0.0.1"),
-        pg_port=_int_env("ECOM_PG_PORT", DEFAULT_PG_PORT),
+        pg_port=port_from_env("ECOM_PG_PORT", DEFAULT_PG_PORT),
         pg_user=os.environ.get("ECOM_PG_USER", "postgres"),
         orders_db_url_override=os.environ.get("ECOM_ORDERS_DB_URL") or None,
     )

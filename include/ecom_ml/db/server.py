@@ -8,19 +8,16 @@ MLflow and the tests need one long-lived server on a loopback TCP port that seve
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import importlib.util
 import os
 import shutil
-import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ecom_ml.errors import EcomError
+from ecom_ml.localhost import file_lock, port_in_use
 from ecom_ml.settings import LOCAL_DATABASES, Settings
 
 #: Unprivileged account the server runs as when the project is run by root (PostgreSQL refuses root).
@@ -114,18 +111,6 @@ def _pg(tool: str, args: list[str], *, timeout: float = 60) -> subprocess.Comple
     )
 
 
-@contextlib.contextmanager
-def _lock(settings: Settings) -> Iterator[None]:
-    """Serialise start/stop across processes: two `make demo` at once must not race on initdb."""
-    settings.home.mkdir(parents=True, exist_ok=True)
-    with open(settings.home / "pg.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _postmaster_pid(pgdata: Path) -> tuple[int, int] | None:
     """(pid, port) from postmaster.pid when that process is alive."""
     pidfile = pgdata / "postmaster.pid"
@@ -158,12 +143,6 @@ def status(settings: Settings) -> Status:
     )
 
 
-def _port_taken(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
-
-
 def _initdb(settings: Settings) -> None:
     """Create the cluster in a scratch folder and rename it into place, so a crash never leaves half a cluster."""
     user, _ = _run_as()
@@ -188,7 +167,7 @@ def _initdb(settings: Settings) -> None:
 
 def start(settings: Settings) -> Status:
     """Start the server if it is not running; create the cluster and the databases if missing."""
-    with _lock(settings):
+    with file_lock(settings.home / "pg.lock"):
         settings.home.mkdir(parents=True, exist_ok=True)
         user, _ = _run_as()
         if user is not None:
@@ -212,7 +191,7 @@ def start(settings: Settings) -> Status:
         else:
             if current.version is None:
                 _initdb(settings)
-            if _port_taken(settings.pg_host, settings.pg_port):
+            if port_in_use(settings.pg_host, settings.pg_port):
                 raise ServerError(
                     f"port {settings.pg_port} on {settings.pg_host} is already in use by another program: "
                     f"stop it or choose another port with ECOM_PG_PORT"
@@ -270,7 +249,7 @@ def _ensure_databases(settings: Settings) -> None:
 
 
 def stop(settings: Settings) -> Status:
-    with _lock(settings):
+    with file_lock(settings.home / "pg.lock"):
         current = status(settings)
         if current.running:
             done = _pg("pg_ctl", ["-D", str(settings.pgdata), "-m", "fast", "-w", "-t", "60", "stop"], timeout=90)

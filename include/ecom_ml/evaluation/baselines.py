@@ -21,7 +21,6 @@ is what their personal part is worth.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime
 
 import numpy as np

@@ -80,7 +80,6 @@ def fill(chosen: np.ndarray, fallback: np.ndarray, k: int) -> np.ndarray:
     chosen = unique_left(chosen)[:, :k]
     if chosen.shape[1] < k:
         chosen = np.pad(chosen, ((0, 0), (0, k - chosen.shape[1])), constant_values=EMPTY)
-    n = chosen.shape[0]
     candidates = np.asarray(fallback, dtype=np.int64)[: 2 * k]  # at most k of them can be taken already
     if len(candidates) < k:
         candidates = np.pad(candidates, (0, k - len(candidates)), constant_values=EMPTY)
