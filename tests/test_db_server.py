@@ -134,3 +134,23 @@ def test_bad_port_setting_is_a_clear_error(own_server):
     done = subprocess.run([_cli(), "db", "start"], env=env, capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.strip() == "ecom-ml: error: ECOM_PG_PORT='fivefour' is not an integer"
+
+
+def test_two_setups_at_once_share_one_stack(tmp_path):
+    """`make demo` twice in parallel: both setups succeed against one server and one MLflow."""
+    cfg = replace(settings_mod.load(), home=tmp_path / "home", pg_port=_free_port())
+    env = {**_env(cfg), "ECOM_MLFLOW_PORT": str(_free_port())}
+    try:
+        procs = [subprocess.Popen([_cli(), "setup"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(2)]
+        outs = [p.communicate(timeout=300) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outs
+        pg_pids = {out.split("PostgreSQL: running (PostgreSQL 18, pid ")[1].split(",")[0] for out, _ in outs}
+        mlflow_pids = {out.split("MLflow: running (healthy, pid ")[1].split(",")[0] for out, _ in outs}
+        assert len(pg_pids) == 1 and len(mlflow_pids) == 1, (pg_pids, mlflow_pids)
+        with psycopg2.connect(cfg.local_url("orders")) as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM schema_migrations")
+            assert cur.fetchone()[0] >= 1
+    finally:
+        subprocess.run([_cli(), "mlflow", "stop"], env=env, capture_output=True)
+        server.stop(cfg)
