@@ -4,11 +4,12 @@ SHELL := /bin/bash
 BIN := .venv/bin
 PYTEST_ARGS ?=
 
-.PHONY: help venv setup demo test stop db-start db-stop bench constraints clean
+.PHONY: help venv setup demo test airflow stop bench constraints clean
 
 help:
 	@echo "make demo   - set up everything and run the pipeline end to end on generated orders"
 	@echo "make test   - set up everything and run the tests"
+	@echo "make airflow - start the local Airflow (web UI, scheduler, dag-processor, triggerer)"
 	@echo "make stop   - stop everything the project started"
 	@echo "make bench  - run the benchmarks in bench/"
 
@@ -24,8 +25,12 @@ demo: setup
 test: setup
 	@$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+airflow: setup
+	@$(BIN)/ecom-ml ui start
+
 stop:
-	@if [ -x $(BIN)/ecom-ml ]; then $(BIN)/ecom-ml mlflow stop; $(BIN)/ecom-ml db stop; else echo "nothing to stop (no .venv)"; fi
+	@if [ -x $(BIN)/ecom-ml ]; then $(BIN)/ecom-ml ui stop; $(BIN)/ecom-ml mlflow stop; $(BIN)/ecom-ml db stop; \
+	else echo "nothing to stop (no .venv)"; fi
 
 bench: setup
 	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script; done

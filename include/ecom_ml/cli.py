@@ -68,6 +68,21 @@ def _cmd_airflow(args: argparse.Namespace) -> int:
     return 0  # pragma: no cover - exec does not return
 
 
+def _cmd_ui(args: argparse.Namespace) -> int:
+    """The long-running local Airflow (api-server with the UI, scheduler, dag-processor, triggerer)."""
+    from ecom_ml import local_airflow
+
+    if args.action == "start":
+        print(local_airflow.start_background())
+    elif args.action == "stop":
+        print(local_airflow.stop_background())
+    else:
+        running, text = local_airflow.status_background()
+        print(text)
+        return 0 if running else 3
+    return 0
+
+
 def _cmd_setup(args: argparse.Namespace) -> int:
     """Bring the local stack to a usable state: PostgreSQL up, orders schema and Airflow's DB migrated,
     the MLflow tracking server running."""
@@ -136,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     env = sub.add_parser("env", help="print shell exports that point Airflow at the local stack")
     env.set_defaults(func=_cmd_env)
+
+    ui = sub.add_parser("ui", help="run the local Airflow (UI, scheduler, dag-processor, triggerer) in the background")
+    ui.add_argument("action", choices=["start", "stop", "status"])
+    ui.set_defaults(func=_cmd_ui)
 
     setup = sub.add_parser("setup", help="start the server and migrate the orders and Airflow databases")
     setup.set_defaults(func=_cmd_setup)

@@ -7,6 +7,7 @@ leaves no orphaned task processes behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -112,3 +113,109 @@ def start(components: tuple[str, ...], log_dir: Path, port: int | None = None,
             args, env=stack.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
     return stack
+
+
+# --------------------------------------------------------------------------------------------------
+# The long-running local Airflow behind `make airflow` / `make stop`.
+# --------------------------------------------------------------------------------------------------
+
+DEFAULT_UI_PORT = 58080
+
+
+def _pid_dir(cfg: settings_mod.Settings) -> Path:
+    return cfg.airflow_home / "pids"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _running(cfg: settings_mod.Settings) -> dict[str, int]:
+    """Components whose pid file names a live process."""
+    found = {}
+    for name in COMPONENTS:
+        pidfile = _pid_dir(cfg) / f"{name}.pid"
+        if pidfile.exists():
+            pid = int(pidfile.read_text().split()[0])
+            if _alive(pid):
+                found[name] = pid
+    return found
+
+
+def ui_port() -> int:
+    return settings_mod.port_from_env("ECOM_AIRFLOW_PORT", DEFAULT_UI_PORT)
+
+
+def login(cfg: settings_mod.Settings) -> str:
+    """The UI login of Airflow's simple auth manager (it generates the password on first start)."""
+    import json
+
+    generated = cfg.airflow_home / "simple_auth_manager_passwords.json.generated"
+    try:
+        users = json.loads(generated.read_text())
+    except (OSError, ValueError):
+        return f"see {generated}"
+    return ", ".join(f"{user} / {password}" for user, password in users.items())
+
+
+def start_background(cfg: settings_mod.Settings | None = None) -> str:
+    """Start the api-server, scheduler, dag-processor and triggerer detached; idempotent."""
+    from ecom_ml.localhost import file_lock, port_in_use
+
+    cfg = cfg or settings_mod.load()
+    port = ui_port()
+    with file_lock(cfg.home / "airflow.lock"):
+        running = _running(cfg)
+        if "api-server" not in running and port_in_use("127.0.0.1", port):
+            raise EcomError(f"port {port} on 127.0.0.1 is already in use by another program: "
+                            f"choose another with ECOM_AIRFLOW_PORT")
+        _pid_dir(cfg).mkdir(parents=True, exist_ok=True)
+        env = stack_env(port)
+        for name in COMPONENTS:
+            if name in running:
+                continue
+            args = [_airflow_bin(), name] + (["--port", str(port), "--host", "127.0.0.1"] if name == "api-server" else [])
+            cfg.log_dir.mkdir(parents=True, exist_ok=True)
+            with open(cfg.log_dir / f"airflow-{name}.log", "ab") as log:
+                proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                        cwd=str(cfg.home))
+            (_pid_dir(cfg) / f"{name}.pid").write_text(f"{proc.pid} {port}\n")
+    stack = Stack(port=port, log_dir=cfg.log_dir, env={})
+    stack.wait_healthy()
+    return f"Airflow UI: {stack.url}  (login: {login(cfg)}; logs: {cfg.log_dir}/airflow-*.log)"
+
+
+def stop_background(cfg: settings_mod.Settings | None = None, timeout: float = 30) -> str:
+    """Stop every component and the task processes they started (whole process groups)."""
+    from ecom_ml.localhost import file_lock
+
+    cfg = cfg or settings_mod.load()
+    with file_lock(cfg.home / "airflow.lock"):
+        running = _running(cfg)
+        for pid in running.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while any(_alive(pid) for pid in running.values()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for pid in running.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        for pidfile in _pid_dir(cfg).glob("*.pid") if _pid_dir(cfg).exists() else []:
+            pidfile.unlink()
+    return f"Airflow: stopped {', '.join(running) or 'nothing (not running)'}"
+
+
+def status_background(cfg: settings_mod.Settings | None = None) -> tuple[bool, str]:
+    cfg = cfg or settings_mod.load()
+    running = _running(cfg)
+    if not running:
+        return False, "Airflow: not running"
+    return True, "Airflow: running " + ", ".join(f"{name} (pid {pid})" for name, pid in running.items()) + \
+        f" at http://127.0.0.1:{ui_port()}"
