@@ -185,3 +185,17 @@ def test_an_unreachable_database_is_retried_then_fails_clearly(ingest, monkeypat
     alerts = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ALERT")]
     assert any(f"127.0.0.1:{dead_port}/orders is unreachable" in a for a in alerts), alerts
     assert lake.days(RAW, DATASET) == []
+
+
+def test_a_day_without_any_order_or_change_publishes_an_empty_partition(ingest):
+    """The shop was closed and nothing changed: zero rows everywhere, a warning, no crash."""
+    dag, lake, url = ingest
+    _generate(url, START, 2)
+    quiet = START + timedelta(days=40)
+    run = run_day(dag, quiet)
+    assert str(run.state) == "success", _task_states(run)
+    manifest = lake.manifest(VALIDATED, DATASET, quiet)
+    assert manifest.rows == {"customers": 0, "order_items": 0, "orders": 0, "products": 0}
+    assert manifest.extra["quality"] == "warning"
+    tables = lake.read(VALIDATED, DATASET, quiet)
+    assert str(tables["orders"].schema.field("created_at").type) == "timestamp[us, tz=UTC]"

@@ -94,29 +94,29 @@ def _copy_to_arrow(cursor, query: str, table: str) -> pa.Table:
     producer.start()
     columns = schema.COLUMNS[table]
     raw_types = {c.name: (pa.int64() if c.kind == "timestamp" else c.arrow_type) for c in columns}
+    empty_schema = pa.schema([(n, t) for n, t in raw_types.items()])
+    batches: list[pa.RecordBatch] = []
     try:
-        with os.fdopen(read_fd, "rb", buffering=0) as source:
-            reader = pacsv.open_csv(
-                source,
-                read_options=pacsv.ReadOptions(column_names=[c.name for c in columns], block_size=8 << 20),
-                convert_options=pacsv.ConvertOptions(
-                    column_types=raw_types, strings_can_be_null=True, quoted_strings_can_be_null=False
-                ),
-            )
-            batches = list(reader)
+        with os.fdopen(read_fd, "rb") as source:
+            # A day with no rows at all sends zero bytes, which Arrow's reader rejects as "Empty CSV".
+            if source.peek(1):
+                reader = pacsv.open_csv(
+                    source,
+                    read_options=pacsv.ReadOptions(column_names=[c.name for c in columns], block_size=8 << 20),
+                    convert_options=pacsv.ConvertOptions(
+                        column_types=raw_types, strings_can_be_null=True, quoted_strings_can_be_null=False
+                    ),
+                )
+                batches = list(reader)
     except pa.ArrowInvalid as exc:
         producer.join()
         if failure:
             raise failure[0] from None
         raise EcomError(f"could not parse {table} rows from the orders database: {exc}") from None
-    except StopIteration:
-        batches = []
     producer.join()
     if failure:
         raise failure[0]
-    raw = pa.Table.from_batches(batches, schema=pa.schema([(n, t) for n, t in raw_types.items()])) if batches else (
-        pa.schema([(n, t) for n, t in raw_types.items()]).empty_table()
-    )
+    raw = pa.Table.from_batches(batches, schema=empty_schema) if batches else empty_schema.empty_table()
     return schema.finish(table, raw)
 
 
