@@ -1,23 +1,199 @@
-"""Failure alerts. For now a structured log line; notifiers (Slack, e-mail) plug in here."""
+"""Failure alerts: one readable message per failure, to Slack and e-mail, rate-limited per DAG.
+
+Channels are Airflow 3 notifiers (the Slack incoming-webhook and SMTP providers), each enabled by
+its Connection: `ecom_slack` (conn type `slackwebhook`, the webhook URL as password) and
+`ecom_smtp` (conn type `smtp`; recipients in the `ecom_alert_email_to` Variable). With neither,
+the alert is only logged. A report named in the failure ("report: <uri>", as the quality and model
+gates write it) is linked in the message and attached to the e-mail.
+
+A backfill of many bad days must not page people many times: at most `ECOM_ALERT_MAX_PER_WINDOW`
+messages (default 3) per DAG within `ECOM_ALERT_WINDOW_SECONDS` (default 3600); the rest are
+counted, and the next message after the window carries their summary. The counter lives in an
+Airflow Variable, so every worker shares it. An alert that cannot be delivered is logged; it never
+replaces the task's own failure.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 log = logging.getLogger("ecom_ml.alerts")
 
+SLACK_CONN = "ecom_slack"
+SMTP_CONN = "ecom_smtp"
+EMAIL_TO_VARIABLE = "ecom_alert_email_to"
+_REPORT = re.compile(r"report: (\S+?)\)?$")
+
+
+@dataclass(frozen=True)
+class Alert:
+    dag_id: str
+    day: str
+    task_id: str
+    reason: str
+    run_url: str | None
+    report: str | None
+
+    def line(self) -> str:
+        """One line: which DAG, which day, which task, and why."""
+        return f"{self.dag_id} {self.day}: task {self.task_id} failed: {self.reason}"
+
+    def text(self, suppressed: list[str] | None = None) -> str:
+        parts = [f":rotating_light: [ecom-ml] {self.line()}"]
+        if self.run_url:
+            parts.append(f"Run: {self.run_url}")
+        if self.report:
+            parts.append(f"Report: {self.report}")
+        if suppressed:
+            parts.append(f"Also {len(suppressed)} earlier failure(s) of {self.dag_id} held back by the rate limit: "
+                         + ", ".join(suppressed[:20]) + (" …" if len(suppressed) > 20 else ""))
+        return "\n".join(parts)
+
 
 def describe_failure(context: dict[str, Any]) -> str:
-    """One line: which DAG, which day, which task, and why."""
+    return alert_from_context(context).line()
+
+
+def alert_from_context(context: dict[str, Any]) -> Alert:
     ti = context.get("task_instance") or context.get("ti")
-    dag_id = getattr(ti, "dag_id", "?")
-    task_id = getattr(ti, "task_id", "?")
+    dag_id = str(getattr(ti, "dag_id", "?"))
+    run_id = getattr(ti, "run_id", None) or context.get("run_id")
     interval = context.get("data_interval_start")
     day = interval.date().isoformat() if interval is not None else "?"
-    reason = context.get("exception")
-    return f"{dag_id} {day}: task {task_id} failed: {reason}"
+    reason = " ".join(str(context.get("exception") or "unknown error").split())
+    match = _REPORT.search(reason)
+    base = os.environ.get("AIRFLOW__API__BASE_URL") or _configured_base_url()
+    run_url = f"{base.rstrip('/')}/dags/{dag_id}/runs/{run_id}" if base and run_id else None
+    return Alert(dag_id, day, str(getattr(ti, "task_id", "?")), reason, run_url, match.group(1) if match else None)
+
+
+def _configured_base_url() -> str | None:
+    try:
+        from airflow.configuration import conf
+
+        return conf.get("api", "base_url", fallback=None)
+    except Exception:  # noqa: BLE001 - a worker without airflow-core still alerts, just without a link
+        return None
+
+
+# -- rate limit ------------------------------------------------------------------------------------
+
+
+def _env_number(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
+    try:
+        return float(raw) if raw else default
+    except ValueError:
+        log.warning("%s=%r is not a number; using %s", name, raw, default)
+        return default
+
+
+@dataclass
+class Throttle:
+    """Per-DAG counter of one window: messages sent, failures held back."""
+
+    window_start: str
+    sent: int = 0
+    held: list[str] = field(default_factory=list)
+
+
+def _state_key() -> str:
+    return os.environ.get("ECOM_ALERT_STATE_VARIABLE", "ecom_alert_state")
+
+
+def admit(alert: Alert, now: datetime | None = None) -> tuple[bool, list[str]]:
+    """Whether to send this alert now, and the held-back failures its message should summarise."""
+    from airflow.sdk import Variable
+
+    now = now or datetime.now(timezone.utc)
+    limit = int(_env_number("ECOM_ALERT_MAX_PER_WINDOW", 3))
+    window = _env_number("ECOM_ALERT_WINDOW_SECONDS", 3600)
+    try:
+        state = json.loads(Variable.get(_state_key(), default="{}") or "{}")
+    except ValueError:
+        state = {}
+    entry = Throttle(**state[alert.dag_id]) if alert.dag_id in state else Throttle(now.isoformat())
+    summary: list[str] = []
+    if (now - datetime.fromisoformat(entry.window_start)).total_seconds() >= window:
+        summary, entry = entry.held, Throttle(now.isoformat())
+    send = entry.sent < limit
+    if send:
+        entry.sent += 1
+    else:
+        entry.held.append(f"{alert.day} {alert.task_id}")
+    state[alert.dag_id] = entry.__dict__
+    Variable.set(_state_key(), json.dumps(state))
+    return send, summary
+
+
+# -- channels --------------------------------------------------------------------------------------
+
+
+def _has_connection(conn_id: str) -> bool:
+    from airflow.sdk import Connection
+
+    try:
+        Connection.get(conn_id)
+    except Exception:  # noqa: BLE001 - not found (the SDK raises its own not-found error type)
+        return False
+    return True
+
+
+def _local_file(uri: str | None) -> str | None:
+    if not uri:
+        return None
+    path = uri.removeprefix("file://") if uri.startswith("file://") else uri if uri.startswith("/") else None
+    return path if path and os.path.isfile(path) else None
+
+
+def _send(alert: Alert, text: str, context: dict[str, Any]) -> list[str]:
+    delivered = []
+    if _has_connection(SLACK_CONN):
+        from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
+
+        try:
+            SlackWebhookNotifier(slack_webhook_conn_id=SLACK_CONN, text=text).notify(context)
+            delivered.append("slack")
+        except Exception as exc:  # noqa: BLE001 - logged; the task's failure stays the story
+            log.error("alert to Slack (%s) failed: %s", SLACK_CONN, exc)
+    if _has_connection(SMTP_CONN):
+        from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+        from airflow.sdk import Variable
+
+        to = Variable.get(EMAIL_TO_VARIABLE, default=None)
+        if not to:
+            log.error("alert e-mail not sent: connection %s exists but Variable %s (recipients) is not set",
+                      SMTP_CONN, EMAIL_TO_VARIABLE)
+        else:
+            attachment = _local_file(alert.report)
+            html = "<pre>" + text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") + "</pre>"
+            try:
+                SmtpNotifier(to=[a.strip() for a in to.split(",") if a.strip()], smtp_conn_id=SMTP_CONN,
+                             subject=f"[ecom-ml] {alert.dag_id} {alert.day}: {alert.task_id} failed",
+                             html_content=html, files=[attachment] if attachment else None).notify(context)
+                delivered.append("email")
+            except Exception as exc:  # noqa: BLE001 - logged; the task's failure stays the story
+                log.error("alert e-mail (%s) failed: %s", SMTP_CONN, exc)
+    return delivered
 
 
 def on_task_failure(context: dict[str, Any]) -> None:
-    log.error("ALERT %s", describe_failure(context))
+    """The failure callback of every ecom-ml task."""
+    alert = alert_from_context(context)
+    log.error("ALERT %s", alert.line())
+    try:
+        send, summary = admit(alert)
+    except Exception as exc:  # noqa: BLE001 - without the counter, alert rather than stay silent
+        log.warning("alert rate limit unavailable (%s); sending", exc)
+        send, summary = True, []
+    if not send:
+        log.warning("alert for %s held back by the rate limit (ECOM_ALERT_MAX_PER_WINDOW)", alert.dag_id)
+        return
+    delivered = _send(alert, alert.text(summary), context)
+    log.info("alert delivered to: %s", ", ".join(delivered) or "log only (no ecom_slack / ecom_smtp connection)")
