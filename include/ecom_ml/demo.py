@@ -57,7 +57,8 @@ def _logs_to(path: Path) -> Iterator[None]:
 
 def run_ingest_days(days: list[date], log: Path) -> list[tuple[date, str]]:
     """dag.test() orders_ingest for each day; returns (day, final state) pairs."""
-    dag = _load_dag("orders_ingest")
+    with _logs_to(log):
+        dag = _load_dag("orders_ingest")
     outcome = []
     for day in days:
         # A manual run covers the day that ends at its logical date, so day D is run at D+1 00:00.
@@ -72,8 +73,8 @@ def run_ingest_days(days: list[date], log: Path) -> list[tuple[date, str]]:
 
 def run_training(day: date, log: Path):
     """dag.test() train_recommender for ``day`` (the `day` param, as a user would set it in the UI)."""
-    dag = _load_dag("train_recommender")
     with _logs_to(log):
+        dag = _load_dag("train_recommender")
         return dag.test(run_conf={"day": day.isoformat()})
 
 
