@@ -12,13 +12,14 @@
 * **publish** copies the partition into `lake/validated/orders/` and emits the
   `orders_validated` Asset the training DAGs are scheduled on.
 
-Re-running or backfilling a day replaces exactly that day's partitions.
+Re-running or backfilling a day replaces exactly that day's partitions. A manual run processes the
+day given in its `day` param (e.g. `{"day": "2024-01-16"}`), else its data interval.
 """
 
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import dag, task
+from airflow.sdk import Param, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from ecom_ml.assets import ORDERS_VALIDATED
@@ -36,22 +37,25 @@ from ecom_ml.dag_defaults import default_args
     doc_md=__doc__,
     tags=["ecom-ml", "ingestion", "data-quality"],
     default_args=default_args(owner="data-engineering"),
+    params={"day": Param(None, type=["null", "string"], format="date",
+                         description="Process this day (default: the run's data interval)")},
 )
 def orders_ingest():
     @task
-    def extract(data_interval_start=None, data_interval_end=None) -> dict:
-        from ecom_ml.ingest.tasks import IngestConfig, extract_to_raw
+    def extract(params=None, data_interval_start=None, data_interval_end=None) -> dict:
+        from ecom_ml.ingest.tasks import IngestConfig, extract_to_raw, interval_of
 
-        return extract_to_raw(IngestConfig.from_airflow(), data_interval_start, data_interval_end)
+        return extract_to_raw(IngestConfig.from_airflow(), *interval_of(params, data_interval_start, data_interval_end))
 
     @task(retries=0)
-    def check_quality(extracted: dict, data_interval_start=None, data_interval_end=None) -> dict:
+    def check_quality(extracted: dict, params=None, data_interval_start=None, data_interval_end=None) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from ecom_ml.ingest.tasks import IngestConfig, QualityGateFailed, check_quality
+        from ecom_ml.ingest.tasks import IngestConfig, QualityGateFailed, check_quality, interval_of
 
         try:
-            return check_quality(IngestConfig.from_airflow(), data_interval_start, data_interval_end)
+            return check_quality(IngestConfig.from_airflow(), *interval_of(params, data_interval_start,
+                                                                            data_interval_end))
         except QualityGateFailed as exc:
             raise AirflowFailException(str(exc)) from None
 

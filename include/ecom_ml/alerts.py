@@ -65,7 +65,8 @@ def alert_from_context(context: dict[str, Any]) -> Alert:
     dag_id = str(getattr(ti, "dag_id", "?"))
     run_id = getattr(ti, "run_id", None) or context.get("run_id")
     interval = context.get("data_interval_start")
-    day = interval.date().isoformat() if interval is not None else "?"
+    chosen = (context.get("params") or {}).get("day")
+    day = str(chosen) if chosen else interval.date().isoformat() if interval is not None else "?"
     reason = " ".join(str(context.get("exception") or "unknown error").split())
     match = _REPORT.search(reason)
     base = os.environ.get("AIRFLOW__API__BASE_URL") or _configured_base_url()

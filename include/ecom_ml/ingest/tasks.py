@@ -63,6 +63,26 @@ def day_of(interval_start: datetime) -> date:
     return interval_start.date()
 
 
+def interval_of(params: dict[str, Any] | None, start: datetime | None, end: datetime | None
+                ) -> tuple[datetime, datetime]:
+    """The day a run processes: the `day` param when given (a manual run for a chosen day), else the
+    run's data interval (scheduled runs and backfills)."""
+    from datetime import timezone
+
+    day = (params or {}).get("day")
+    if day:
+        try:
+            chosen = date.fromisoformat(str(day))
+        except ValueError:
+            raise EcomError(f"DAG param day={day!r} is not a date (YYYY-MM-DD)") from None
+        begin = datetime(chosen.year, chosen.month, chosen.day, tzinfo=timezone.utc)
+        return begin, begin + timedelta(days=1)
+    if start is None or end is None:
+        raise EcomError("this run has no data interval (a manual run without a logical date): "
+                        "trigger it with the `day` param, or use `airflow backfill create`")
+    return start, end
+
+
 def extract_to_raw(cfg: IngestConfig, start: datetime, end: datetime) -> dict[str, Any]:
     from ecom_ml.ingest.extract import extract_day
 
