@@ -124,8 +124,11 @@ def test_backfill_publishes_each_day_and_a_bad_day_fails_alone(stack):
     assert states[BAD_DAY] == "failed"
     assert all(state == "success" for day, state in states.items() if day != BAD_DAY), states
     good = [d for d in DAYS if d != BAD_DAY]
-    assert lake.days(VALIDATED, DATASET) == good
-    assert lake.days(QUARANTINE, DATASET) == [BAD_DAY]
+    # Unpausing also lets the scheduler start today's regular run (catchup is off), which may add
+    # a partition for yesterday; the backfill's own range must hold exactly its days.
+    in_range = lambda days: [d for d in days if DAYS[0] <= d <= DAYS[-1]]  # noqa: E731
+    assert in_range(lake.days(VALIDATED, DATASET)) == good
+    assert in_range(lake.days(QUARANTINE, DATASET)) == [BAD_DAY]
     assert lake.manifest(VALIDATED, DATASET, EMPTY_DAY).extra["quality"] == "warning"
 
     # Re-running the completed days gives byte-identical partitions.
