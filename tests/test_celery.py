@@ -104,13 +104,15 @@ def test_a_dag_run_executes_on_a_celery_worker(pg_server, redis_url, tmp_path):
         state = None
         while time.monotonic() < deadline:
             with engine.connect() as conn:
+                # Only the triggered run: unpausing also lets the scheduler start its own regular run.
                 run = conn.execute(sa.text(
-                    "SELECT state FROM dag_run WHERE dag_id = 'orders_ingest' AND run_type = 'manual'")).fetchone()
+                    "SELECT run_id, state FROM dag_run WHERE dag_id = 'orders_ingest' AND run_type = 'manual'")
+                ).fetchone()
                 state = run.state if run else None
                 if state in ("success", "failed"):
                     tis = conn.execute(sa.text(
-                        "SELECT task_id, state, queue, hostname FROM task_instance WHERE dag_id = 'orders_ingest'")
-                    ).fetchall()
+                        "SELECT task_id, state, queue FROM task_instance WHERE dag_id = 'orders_ingest' "
+                        "AND run_id = :run_id"), {"run_id": run.run_id}).fetchall()
                     break
             time.sleep(2)
         engine.dispose()
