@@ -6,12 +6,11 @@ imports it, from the same settings the CLI uses.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import psycopg2
 import pytest
 
 from ecom_ml import settings as settings_mod
@@ -37,25 +36,13 @@ def pg_server(settings: settings_mod.Settings) -> settings_mod.Settings:
     return settings
 
 
-def _admin(settings: settings_mod.Settings):
-    conn = psycopg2.connect(settings.local_url("postgres"))
-    conn.autocommit = True
-    return conn
-
-
 @pytest.fixture
 def empty_db(pg_server: settings_mod.Settings) -> Iterator[str]:
     """URL of a brand-new, empty database on the real server; dropped afterwards."""
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    conn = _admin(pg_server)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
+    from ecom_ml.db import scratch_database
+
+    with scratch_database(pg_server, "test") as name:
         yield pg_server.local_url(name)
-    finally:
-        with conn.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.close()
 
 
 @pytest.fixture
@@ -72,3 +59,13 @@ def retail_csv() -> Path:
     if not RETAIL_CSV.exists():
         pytest.fail(f"the shared Online Retail II file is missing at {RETAIL_CSV}")
     return RETAIL_CSV
+
+
+@pytest.fixture(scope="module")
+def scratch_dbs(pg_server: settings_mod.Settings) -> Iterator[Callable[..., dict[str, str]]]:
+    """Factory: ``scratch_dbs("orders", "airflow")`` -> {kind: name} of new empty databases on the
+    real server, all dropped when the test module ends."""
+    from ecom_ml.db import scratch_database
+
+    with contextlib.ExitStack() as stack:
+        yield lambda *kinds: {k: stack.enter_context(scratch_database(pg_server, f"test_{k}")) for k in kinds}

@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from ecom_ml import local_airflow
+from ecom_ml.localhost import free_port
 from ecom_ml.generator import GeneratorConfig, generate, parse_injections
 from ecom_ml.ingest.tasks import DATASET
 from ecom_ml.lake import QUARANTINE, VALIDATED, Lake
@@ -26,16 +27,9 @@ EMPTY_DAY = DAYS[4]
 
 
 @pytest.fixture(scope="module")
-def stack(pg_server, tmp_path_factory):
+def stack(pg_server, scratch_dbs, tmp_path_factory):
     """Orders DB with six generated days (one corrupted, one empty), a lake, and a running Airflow."""
-    import uuid
-
-    admin = psycopg2.connect(pg_server.local_url("postgres"))
-    admin.autocommit = True
-    names = {kind: f"test_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("orders", "airflow")}
-    with admin.cursor() as cur:
-        for name in names.values():
-            cur.execute(f'CREATE DATABASE "{name}"')
+    names = scratch_dbs("orders", "airflow")
     orders_url = pg_server.local_url(names["orders"])
     from ecom_ml.db.migrate import migrate
 
@@ -63,7 +57,7 @@ def stack(pg_server, tmp_path_factory):
         "ECOM_LAKE_ROOT": lake_dir.as_uri(),
         "ECOM_TASK_RETRIES": "0",
     }
-    port = local_airflow.free_port()
+    port = free_port()
     env = local_airflow.stack_env(port, overrides)
     import subprocess
 
@@ -79,10 +73,6 @@ def stack(pg_server, tmp_path_factory):
         yield running, Lake(lake_dir.as_uri()), overrides["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
     finally:
         running.stop()
-        with admin.cursor() as cur:
-            for name in names.values():
-                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def _backfill(stack, *extra: str) -> None:

@@ -14,11 +14,11 @@ import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
-import psycopg2
 import pytest
 import sqlalchemy as sa
 
 from ecom_ml import local_airflow
+from ecom_ml.localhost import free_port
 from ecom_ml.generator import GeneratorConfig, generate, parse_injections
 from ecom_ml.ingest.tasks import DATASET
 from ecom_ml.lake import VALIDATED, Lake
@@ -42,7 +42,7 @@ def redis_url(tmp_path_factory):
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("no Redis on 127.0.0.1:6379 and no redis-server binary: apt-get install redis-server")
-    port = local_airflow.free_port()
+    port = free_port()
     proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                              "--dir", str(tmp_path_factory.mktemp("redis"))], stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 20
@@ -56,15 +56,10 @@ def redis_url(tmp_path_factory):
         proc.wait(10)
 
 
-def test_a_dag_run_executes_on_a_celery_worker(pg_server, redis_url, tmp_path):
+def test_a_dag_run_executes_on_a_celery_worker(pg_server, scratch_dbs, redis_url, tmp_path):
     from ecom_ml.db.migrate import migrate
 
-    admin = psycopg2.connect(pg_server.local_url("postgres"))
-    admin.autocommit = True
-    names = {kind: f"test_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("orders", "airflow")}
-    with admin.cursor() as cur:
-        for name in names.values():
-            cur.execute(f'CREATE DATABASE "{name}"')
+    names = scratch_dbs("orders", "airflow")
     meta = pg_server.local_url(names["airflow"], "postgresql+psycopg2")
     orders_url = pg_server.local_url(names["orders"])
     migrate(orders_url)
@@ -83,7 +78,7 @@ def test_a_dag_run_executes_on_a_celery_worker(pg_server, redis_url, tmp_path):
         "ECOM_LAKE_ROOT": (tmp_path / "lake").as_uri(),
         "ECOM_TASK_RETRIES": "0",
     }
-    port = local_airflow.free_port()
+    port = free_port()
     env = local_airflow.stack_env(port, overrides)
     for cmd in (["db", "migrate"], ["dags", "reserialize"], ["dags", "unpause", "orders_ingest"]):
         done = subprocess.run([local_airflow._airflow_bin(), *cmd], env=env, capture_output=True, text=True)
@@ -126,7 +121,3 @@ def test_a_dag_run_executes_on_a_celery_worker(pg_server, redis_url, tmp_path):
         assert manifest is not None and manifest.rows["orders"] > 0
     finally:
         stack.stop()
-        with admin.cursor() as cur:
-            for name in names.values():
-                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()

@@ -20,17 +20,12 @@ import pytest
 
 from ecom_ml import settings as settings_mod
 from ecom_ml.db import server
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from ecom_ml.localhost import free_port
 
 
 @pytest.fixture
 def own_server(tmp_path: Path):
-    cfg = replace(settings_mod.load(), home=tmp_path / "home", pg_port=_free_port())
+    cfg = replace(settings_mod.load(), home=tmp_path / "home", pg_port=free_port())
     yield cfg
     server.stop(cfg)
 
@@ -138,8 +133,8 @@ def test_bad_port_setting_is_a_clear_error(own_server):
 
 def test_two_setups_at_once_share_one_stack(tmp_path):
     """`make demo` twice in parallel: both setups succeed against one server and one MLflow."""
-    cfg = replace(settings_mod.load(), home=tmp_path / "home", pg_port=_free_port())
-    env = {**_env(cfg), "ECOM_MLFLOW_PORT": str(_free_port())}
+    cfg = replace(settings_mod.load(), home=tmp_path / "home", pg_port=free_port())
+    env = {**_env(cfg), "ECOM_MLFLOW_PORT": str(free_port())}
     try:
         procs = [subprocess.Popen([_cli(), "setup"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True) for _ in range(2)]

@@ -13,8 +13,6 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -55,20 +53,10 @@ def _import(url: str, source: Path, tmp_path: Path, **kwargs) -> ImportResult:
 
 
 @pytest.fixture(scope="module")
-def full_db(pg_server: settings_mod.Settings) -> Iterator[str]:
-    name = f"test_importer_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(pg_server.local_url("postgres"))
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-        url = pg_server.local_url(name)
-        migrate(url)
-        yield url
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+def full_db(pg_server: settings_mod.Settings, scratch_dbs) -> str:
+    url = pg_server.local_url(scratch_dbs("importer")["importer"])
+    migrate(url)
+    return url
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -12,11 +11,7 @@ from pathlib import Path
 
 import psutil
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from ecom_ml.localhost import free_port
 
 
 def _cli() -> str:
@@ -37,8 +32,8 @@ def _ours(home: Path) -> list[psutil.Process]:
 
 def test_ui_starts_with_the_dags_and_stops_without_orphans(tmp_path):
     home = tmp_path / "home"
-    env = {**os.environ, "ECOM_HOME": str(home), "ECOM_PG_PORT": str(_free_port()),
-           "ECOM_MLFLOW_PORT": str(_free_port()), "ECOM_AIRFLOW_PORT": str(_free_port())}
+    env = {**os.environ, "ECOM_HOME": str(home), "ECOM_PG_PORT": str(free_port()),
+           "ECOM_MLFLOW_PORT": str(free_port()), "ECOM_AIRFLOW_PORT": str(free_port())}
     for key in [k for k in env if k.startswith("AIRFLOW")]:
         del env[key]  # let `ecom-ml` derive Airflow's settings from this ECOM_HOME
     run = lambda *args: subprocess.run([_cli(), *args], env=env, capture_output=True, text=True, timeout=300)  # noqa: E731

@@ -18,12 +18,12 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg2
 import pytest
 
 from ecom_ml import mlflow_server, registry
 from ecom_ml import settings as settings_mod
 from ecom_ml.gate import evaluate_gate
+from ecom_ml.localhost import free_port
 from ecom_ml.registry import Registry, RegistryError
 
 # MLflow's own SQLAlchemy usage warns on import; not ours to fix.
@@ -38,19 +38,9 @@ METRICS = {
 
 
 @pytest.fixture(scope="module")
-def mlflow_db(pg_server: settings_mod.Settings) -> Iterator[str]:
+def mlflow_db(pg_server: settings_mod.Settings, scratch_dbs) -> str:
     """SQLAlchemy URL of a fresh database for this module; dropped afterwards."""
-    name = f"test_mlflow_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(pg_server.local_url("postgres"))
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-        yield pg_server.local_url(name, "postgresql+psycopg2")
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    return pg_server.local_url(scratch_dbs("mlflow")["mlflow"], "postgresql+psycopg2")
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +211,7 @@ def test_module_api_and_rollback_cli_use_the_configured_tracking_uri(
 
 
 def test_unreachable_tracking_uri_is_one_line_fast():
-    port = _free_port()
+    port = free_port()
     started = time.monotonic()
     with pytest.raises(RegistryError) as info:
         Registry(f"http://127.0.0.1:{port}")
@@ -233,12 +223,6 @@ def test_unreachable_tracking_uri_is_one_line_fast():
 
 
 # ---- the project's mlflow server -----------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _gone(pid: int, timeout: float = 5.0) -> bool:
@@ -268,7 +252,7 @@ def server_env(mlflow_db: str, tmp_path: Path) -> Iterator[dict[str, str]]:
     env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
     env.update({
         "ECOM_HOME": str(tmp_path / "home"),
-        "ECOM_MLFLOW_PORT": str(_free_port()),
+        "ECOM_MLFLOW_PORT": str(free_port()),
         "ECOM_MLFLOW_DB_URL": mlflow_db,
         "ECOM_MLFLOW_ARTIFACTS": str(tmp_path / "artifacts"),
     })

@@ -7,11 +7,9 @@ Real Airflow (`dag.test()`), real PostgreSQL, real MLflow registry (on a throwaw
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
-import psycopg2
 import pytest
 
 from ecom_ml.generator import GeneratorConfig, generate, parse_injections
@@ -23,16 +21,11 @@ LAST = START + timedelta(days=DAYS - 1)
 
 
 @pytest.fixture(scope="module")
-def pipeline(pg_server, tmp_path_factory):
+def pipeline(pg_server, scratch_dbs, tmp_path_factory):
     """A validated lake of 42 generated days and a registry of its own; env for the DAG."""
     from ecom_ml.db.migrate import migrate
 
-    admin = psycopg2.connect(pg_server.local_url("postgres"))
-    admin.autocommit = True
-    names = {kind: f"test_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("orders", "mlflow")}
-    with admin.cursor() as cur:
-        for name in names.values():
-            cur.execute(f'CREATE DATABASE "{name}"')
+    names = scratch_dbs("orders", "mlflow")
     orders_url = pg_server.local_url(names["orders"])
     migrate(orders_url)
     generate(orders_url, GeneratorConfig(start=START, days=DAYS, orders_per_day=400, seed=21, customers=None,
@@ -54,13 +47,7 @@ def pipeline(pg_server, tmp_path_factory):
         "ECOM_TASK_RETRIES": "0",
         "ECOM_TRAINING_MODE": "local",
     }
-    try:
-        yield env
-    finally:
-        with admin.cursor() as cur:
-            for name in names.values():
-                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    return env
 
 
 def _dag(monkeypatch, env: dict[str, str]):

@@ -1,8 +1,38 @@
 """The shop's orders database: the project-local server, its schema migrations and connections."""
 
+from __future__ import annotations
+
+import contextlib
 import re
+import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ecom_ml.settings import Settings
 
 
 def redact_url(url: str) -> str:
     """The URL without its password, for messages and logs."""
     return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+
+
+@contextlib.contextmanager
+def scratch_database(settings: Settings, prefix: str = "scratch") -> Iterator[str]:
+    """Name of a new, empty database on the settings' server, dropped (connections and all) afterwards.
+
+    For tests and benchmarks that must not touch the shared ``orders``/``airflow``/``mlflow``
+    databases or each other."""
+    import psycopg2
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(settings.local_url("postgres"))
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        yield name
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
