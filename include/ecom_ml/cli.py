@@ -94,7 +94,12 @@ def _cmd_setup(args: argparse.Namespace) -> int:
     applied = migrate(cfg.orders_db_url)
     print(f"orders schema: {'applied ' + str(len(applied)) + ' migration(s)' if applied else 'up to date'}")
     cfg.airflow_home.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run([_airflow_bin(), "db", "migrate"], env=_airflow_env(), capture_output=True, text=True)
+    # The first `airflow` command writes a fresh AIRFLOW_HOME's airflow.cfg, with generated secrets;
+    # two setups at once (two `make demo`s) must not write it side by side.
+    from ecom_ml.localhost import file_lock
+
+    with file_lock(cfg.home / "airflow-setup.lock"):
+        done = subprocess.run([_airflow_bin(), "db", "migrate"], env=_airflow_env(), capture_output=True, text=True)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise EcomError(f"`airflow db migrate` failed on {cfg.local_url(settings_mod.AIRFLOW_DB)}: {last}")
