@@ -12,7 +12,8 @@
 * **publish** copies the partition into `lake/validated/orders/` and emits the
   `orders_validated` Asset the training DAGs are scheduled on.
 
-Re-running or backfilling a day replaces exactly that day's partitions. A manual run processes the
+If day D is not validated by `ECOM_DECISION_DEADLINE` (default 06:00 UTC) on D+1, a deadline alert
+says so (`ecom_ml.deadlines`). Re-running or backfilling a day replaces exactly that day's partitions. A manual run processes the
 day given in its `day` param (e.g. `{"day": "2024-01-16"}`), else its data interval.
 """
 
@@ -24,6 +25,7 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 
 from ecom_ml.assets import ORDERS_VALIDATED
 from ecom_ml.dag_defaults import default_args
+from ecom_ml.deadlines import ingestion_deadline
 
 
 @dag(
@@ -37,6 +39,7 @@ from ecom_ml.dag_defaults import default_args
     doc_md=__doc__,
     tags=["ecom-ml", "ingestion", "data-quality"],
     default_args=default_args(owner="data-engineering"),
+    deadline=ingestion_deadline(),
     params={"day": Param(None, type=["null", "string"], format="date",
                          description="Process this day (default: the run's data interval)")},
 )

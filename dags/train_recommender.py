@@ -17,6 +17,9 @@ for any day (param `day`).
 * **gate** registers the candidate in MLflow with its gate report (thresholds in
   `include/ecom_ml/gates/recommender.yaml`) and fails the run visibly when a check fails.
 * **promote** moves the `champion` alias to the candidate. `ecom-ml rollback` moves it back.
+
+A run that has not reached a gate verdict `ECOM_TRAINING_DEADLINE_HOURS` (default 6) after it was
+queued raises a deadline alert (`ecom_ml.deadlines`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from airflow.sdk import Param, dag, task
 
 from ecom_ml.assets import ORDERS_VALIDATED
 from ecom_ml.dag_defaults import default_args
+from ecom_ml.deadlines import training_deadline
 from ecom_ml.k8s_training import training_operator
 
 MODEL = "recommender"
@@ -40,6 +44,7 @@ MODEL = "recommender"
     doc_md=__doc__,
     tags=["ecom-ml", "training", MODEL],
     default_args=default_args(owner="ml-engineering"),
+    deadline=training_deadline(MODEL),
     params={
         "day": Param(None, type=["null", "string"], format="date",
                      description="Train on the data up to this day (default: the triggering day)"),

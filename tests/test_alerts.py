@@ -144,3 +144,105 @@ def test_a_failed_model_gate_names_its_report():
     assert alert.report == "file:///lake/models/recommender/dt=2024-02-11/run=x/gate_report.md"
     assert alert.line().startswith("train_recommender 2024-02-11: task gate failed: recommender 2024-02-11")
     assert "no_regression_vs_champion ndcg@10 0.0988 < 0.2226" in alert.text()
+
+
+# -- deadline alerts -------------------------------------------------------------------------------
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(1)
+    raise AssertionError(f"{what} within {timeout:.0f} s")
+
+
+def test_a_run_stuck_past_the_decision_deadline_alerts_through_the_scheduler(receivers, pg_server, scratch_dbs,
+                                                                             tmp_path):
+    """The real scheduler fires orders_ingest's deadline for a run that never ran (its DAG is paused:
+    nothing fails, so no task alert could ever say it), and the callback reaches both receivers."""
+    import subprocess
+
+    from ecom_ml import local_airflow
+    from ecom_ml.localhost import free_port
+
+    inbox, posts = receivers
+    meta = pg_server.local_url(scratch_dbs("airflow")["airflow"], "postgresql+psycopg2")
+    overrides = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": meta, "ECOM_DECISION_DEADLINE": "06:00",
+                 "ECOM_LAKE_ROOT": (tmp_path / "lake").as_uri()}
+    port = free_port()
+    env = local_airflow.stack_env(port, overrides)
+    for cmd in (["db", "migrate"], ["dags", "reserialize"]):
+        done = subprocess.run([local_airflow._airflow_bin(), *cmd], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+    stack = local_airflow.start(("api-server", "scheduler", "dag-processor"), tmp_path / "logs", port=port,
+                                env_overrides=overrides)
+    try:
+        stack.wait_healthy()
+        # A logical date 30 h minus 20 s ago puts "D+1 06:00" 20 s from now.
+        logical = datetime.now(timezone.utc) - timedelta(days=1, hours=6) + timedelta(seconds=20)
+        run_id = f"manual__stuck_{uuid.uuid4().hex[:8]}"
+        done = stack.airflow("dags", "trigger", "orders_ingest", "--run-id", run_id,
+                             "--logical-date", logical.isoformat(), "--conf", json.dumps({"day": "2024-01-15"}))
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        found = _wait_for(lambda: [p for p in posts if run_id in p["text"]], 150,
+                          "no deadline alert reached the webhook")
+    finally:
+        stack.stop()
+    text = found[0]["text"]
+    by = (logical + timedelta(days=1, hours=6)).strftime("%Y-%m-%d %H:%M")
+    assert f"orders_ingest 2024-01-15: no champion decision by {by} UTC" in text
+    assert f"the day's orders were not validated: run {run_id} is queued" in text
+    assert f"{stack.url}/dags/orders_ingest/runs/{run_id}" in text
+    mails = [m for m in inbox.messages if "no champion decision" in m["Subject"]]
+    assert len(mails) == 1 and "orders_ingest 2024-01-15" in mails[0]["Subject"]
+
+
+def test_the_deadline_callback_is_quiet_for_backfills_and_for_training_runs_that_decided(
+        receivers, pg_server, scratch_dbs, tmp_path, monkeypatch):
+    """A backfill run's deadline is in the past by construction; a training run whose gate rejected
+    its candidate did decide (and alerted from its gate task). Neither may page; an undecided one must."""
+    from ecom_ml.deadlines import no_champion_decision
+    from ecom_ml.registry import Registry
+
+    inbox, posts = receivers
+    mlflow_db = pg_server.local_url(scratch_dbs("mlflow")["mlflow"], "postgresql+psycopg2")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_db)
+    monkeypatch.setenv("ECOM_MODEL_CACHE", str(tmp_path / "cache"))
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "weights.bin").write_bytes(b"\0" * 16)
+    reg = Registry(mlflow_db, artifacts=(tmp_path / "artifacts").as_uri(), cache_dir=tmp_path / "cache")
+    reg.log_candidate("recommender", "recommender 2024-01-15", {}, {"ndcg@10": 0.1}, model_dir,
+                      tags={"day": "2024-01-15", "airflow_run_id": "asset_triggered__decided", "gate": "failed"})
+    deadline = {"id": "x", "deadline_time": "2024-01-16T06:00:00+00:00"}
+
+    def fire(run_id: str, run_type: str, stage: str) -> None:
+        dag_id = "orders_ingest" if stage == "ingestion" else "train_recommender"
+        run = {"dag_id": dag_id, "dag_run_id": run_id, "run_type": run_type, "state": "running",
+               "conf": {}, "data_interval_start": "2024-01-15T00:00:00+00:00"}
+        no_champion_decision({"dag_run": run, "deadline": deadline}, stage=stage, model="recommender")
+
+    fire("backfill__2024-01-15", "backfill", "ingestion")
+    fire("asset_triggered__decided", "asset_triggered", "training")
+    assert posts == [] and inbox.messages == []
+    fire("asset_triggered__stuck", "asset_triggered", "training")
+    assert len(posts) == 1 and len(inbox.messages) == 1
+    assert ("train_recommender 2024-01-15: no champion decision by 2024-01-16 06:00 UTC: training did not reach "
+            "its gate: run asset_triggered__stuck is running") in posts[0]["text"]
+
+
+@pytest.mark.parametrize("name, value", [("ECOM_DECISION_DEADLINE", "6am"), ("ECOM_DECISION_DEADLINE", "24:00"),
+                                         ("ECOM_TRAINING_DEADLINE_HOURS", "0"), ("ECOM_TRAINING_DEADLINE_HOURS", "x")])
+def test_a_bad_deadline_setting_is_one_line_naming_it(name, value, monkeypatch):
+    from ecom_ml.deadlines import ingestion_deadline, training_deadline
+    from ecom_ml.settings import ConfigError
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as info:
+        ingestion_deadline() if name == "ECOM_DECISION_DEADLINE" else training_deadline("recommender")
+    assert str(info.value).startswith(f"{name}={value!r}") and "\n" not in str(info.value)

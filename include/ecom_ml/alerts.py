@@ -11,6 +11,10 @@ messages (default 3) per DAG within `ECOM_ALERT_WINDOW_SECONDS` (default 3600); 
 counted, and the next message after the window carries their summary. The counter lives in an
 Airflow Variable, so every worker shares it. An alert that cannot be delivered is logged; it never
 replaces the task's own failure.
+
+Missed deadlines (``ecom_ml.deadlines``) go out through the same channels with :func:`deliver`,
+outside the rate limit: there is at most one per DAG and night (backfill runs are skipped), and
+deadline callbacks may read Variables but not write them.
 """
 
 from __future__ import annotations
@@ -39,10 +43,16 @@ class Alert:
     reason: str
     run_url: str | None
     report: str | None
+    #: What happened, when it is not a task failure (a missed deadline).
+    headline: str | None = None
+
+    @property
+    def what(self) -> str:
+        return self.headline or f"task {self.task_id} failed"
 
     def line(self) -> str:
-        """One line: which DAG, which day, which task, and why."""
-        return f"{self.dag_id} {self.day}: task {self.task_id} failed: {self.reason}"
+        """One line: which DAG, which day, what happened (which task failed), and why."""
+        return f"{self.dag_id} {self.day}: {self.what}: {self.reason}"
 
     def text(self, suppressed: list[str] | None = None) -> str:
         parts = [f":rotating_light: [ecom-ml] {self.line()}"]
@@ -69,12 +79,15 @@ def alert_from_context(context: dict[str, Any]) -> Alert:
     day = str(chosen) if chosen else interval.date().isoformat() if interval is not None else "?"
     reason = " ".join(str(context.get("exception") or "unknown error").split())
     match = _REPORT.search(reason)
-    base = os.environ.get("AIRFLOW__API__BASE_URL") or _configured_base_url()
+    base = base_url()
     run_url = f"{base.rstrip('/')}/dags/{dag_id}/runs/{run_id}" if base and run_id else None
     return Alert(dag_id, day, str(getattr(ti, "task_id", "?")), reason, run_url, match.group(1) if match else None)
 
 
-def _configured_base_url() -> str | None:
+def base_url() -> str | None:
+    """The UI's address for links in messages (``[api] base_url``)."""
+    if os.environ.get("AIRFLOW__API__BASE_URL"):
+        return os.environ["AIRFLOW__API__BASE_URL"]
     try:
         from airflow.configuration import conf
 
@@ -153,7 +166,8 @@ def _local_file(uri: str | None) -> str | None:
     return path if path and os.path.isfile(path) else None
 
 
-def _send(alert: Alert, text: str, context: dict[str, Any]) -> list[str]:
+def deliver(alert: Alert, text: str, context: dict[str, Any]) -> list[str]:
+    """Send to every configured channel; returns the channels that took it (none: logged only)."""
     delivered = []
     if _has_connection(SLACK_CONN):
         from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
@@ -176,11 +190,12 @@ def _send(alert: Alert, text: str, context: dict[str, Any]) -> list[str]:
             html = "<pre>" + text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") + "</pre>"
             try:
                 SmtpNotifier(to=[a.strip() for a in to.split(",") if a.strip()], smtp_conn_id=SMTP_CONN,
-                             subject=f"[ecom-ml] {alert.dag_id} {alert.day}: {alert.task_id} failed",
+                             subject=f"[ecom-ml] {alert.dag_id} {alert.day}: {alert.what}",
                              html_content=html, files=[attachment] if attachment else None).notify(context)
                 delivered.append("email")
             except Exception as exc:  # noqa: BLE001 - logged; the task's failure stays the story
                 log.error("alert e-mail (%s) failed: %s", SMTP_CONN, exc)
+    log.info("alert delivered to: %s", ", ".join(delivered) or "log only (no ecom_slack / ecom_smtp connection)")
     return delivered
 
 
@@ -196,5 +211,4 @@ def on_task_failure(context: dict[str, Any]) -> None:
     if not send:
         log.warning("alert for %s held back by the rate limit (ECOM_ALERT_MAX_PER_WINDOW)", alert.dag_id)
         return
-    delivered = _send(alert, alert.text(summary), context)
-    log.info("alert delivered to: %s", ", ".join(delivered) or "log only (no ecom_slack / ecom_smtp connection)")
+    deliver(alert, alert.text(summary), context)
