@@ -25,7 +25,7 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 
 from ecom_ml.assets import ORDERS_VALIDATED
 from ecom_ml.dag_defaults import default_args
-from ecom_ml.deadlines import ingestion_deadline
+from ecom_ml.deadlines import ingestion_deadlines
 
 
 @dag(
@@ -39,7 +39,7 @@ from ecom_ml.deadlines import ingestion_deadline
     doc_md=__doc__,
     tags=["ecom-ml", "ingestion", "data-quality"],
     default_args=default_args(owner="data-engineering"),
-    deadline=ingestion_deadline(),
+    deadline=ingestion_deadlines(),
     params={"day": Param(None, type=["null", "string"], format="date",
                          description="Process this day (default: the run's data interval)")},
 )

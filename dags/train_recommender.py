@@ -29,7 +29,7 @@ from airflow.sdk import Param, dag, task
 
 from ecom_ml.assets import ORDERS_VALIDATED
 from ecom_ml.dag_defaults import default_args
-from ecom_ml.deadlines import training_deadline
+from ecom_ml.deadlines import training_deadlines
 from ecom_ml.k8s_training import training_operator
 
 MODEL = "recommender"
@@ -44,7 +44,7 @@ MODEL = "recommender"
     doc_md=__doc__,
     tags=["ecom-ml", "training", MODEL],
     default_args=default_args(owner="ml-engineering"),
-    deadline=training_deadline(MODEL),
+    deadline=training_deadlines(MODEL),
     params={
         "day": Param(None, type=["null", "string"], format="date",
                      description="Train on the data up to this day (default: the triggering day)"),

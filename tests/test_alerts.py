@@ -173,6 +173,7 @@ def test_a_run_stuck_past_the_decision_deadline_alerts_through_the_scheduler(rec
     inbox, posts = receivers
     meta = pg_server.local_url(scratch_dbs("airflow")["airflow"], "postgresql+psycopg2")
     overrides = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": meta, "ECOM_DECISION_DEADLINE": "06:00",
+                 "ECOM_DEADLINE_ALERTS": "on",
                  "ECOM_LAKE_ROOT": (tmp_path / "lake").as_uri()}
     port = free_port()
     env = local_airflow.stack_env(port, overrides)
@@ -236,13 +237,34 @@ def test_the_deadline_callback_is_quiet_for_backfills_and_for_training_runs_that
             "its gate: run asset_triggered__stuck is running") in posts[0]["text"]
 
 
+def test_the_nightly_dags_carry_their_deadlines(monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("ECOM_DEADLINE_ALERTS", "on")
+    monkeypatch.setenv("ECOM_DECISION_DEADLINE", "07:30")
+    monkeypatch.setenv("ECOM_TRAINING_DEADLINE_HOURS", "4")
+    bag = DagBag(dag_folder=str(Path(__file__).resolve().parents[1] / "dags"))
+    assert not bag.import_errors, bag.import_errors
+    (ingest,) = bag.get_dag("orders_ingest").deadline
+    (train,) = bag.get_dag("train_recommender").deadline
+    assert type(ingest.reference).__name__ == "DagRunLogicalDateDeadline"
+    assert ingest.interval == timedelta(days=1, hours=7, minutes=30)
+    assert type(train.reference).__name__ == "DagRunQueuedAtDeadline" and train.interval == timedelta(hours=4)
+    assert train.callback.kwargs == {"stage": "training", "model": "recommender"}
+    monkeypatch.setenv("ECOM_DEADLINE_ALERTS", "off")
+    bag = DagBag(dag_folder=str(Path(__file__).resolve().parents[1] / "dags"))
+    assert not bag.get_dag("orders_ingest").deadline
+
+
 @pytest.mark.parametrize("name, value", [("ECOM_DECISION_DEADLINE", "6am"), ("ECOM_DECISION_DEADLINE", "24:00"),
+                                         ("ECOM_DEADLINE_ALERTS", "sometimes"),
                                          ("ECOM_TRAINING_DEADLINE_HOURS", "0"), ("ECOM_TRAINING_DEADLINE_HOURS", "x")])
 def test_a_bad_deadline_setting_is_one_line_naming_it(name, value, monkeypatch):
-    from ecom_ml.deadlines import ingestion_deadline, training_deadline
+    from ecom_ml.deadlines import ingestion_deadlines, training_deadlines
     from ecom_ml.settings import ConfigError
 
-    monkeypatch.setenv(name, value)
+    monkeypatch.setenv("ECOM_DEADLINE_ALERTS", "on")
+    monkeypatch.setenv(name, value)  # (may override the line above)
     with pytest.raises(ConfigError) as info:
-        ingestion_deadline() if name == "ECOM_DECISION_DEADLINE" else training_deadline("recommender")
+        ingestion_deadlines() if name != "ECOM_TRAINING_DEADLINE_HOURS" else training_deadlines("recommender")
     assert str(info.value).startswith(f"{name}={value!r}") and "\n" not in str(info.value)

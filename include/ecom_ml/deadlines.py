@@ -15,8 +15,13 @@ when no task of the run ever started. Two deadlines cover the nightly chain:
 
 Airflow prunes a run's deadlines when the run succeeds, so the callback only ever sees runs that
 failed or have not finished. Backfill runs are skipped: their logical dates are in the past, so
-their deadlines would all fire the moment they are created. Both settings are read at parse time
+their deadlines would all fire the moment they are created. The settings are read at parse time
 from the environment (cheap, no database), like the retry policy in ``ecom_ml.dag_defaults``.
+
+``ECOM_DEADLINE_ALERTS=off`` leaves the deadlines out. ``dag.test()`` / ``airflow dags test`` need
+that in Airflow 3.3.2: a test run that *succeeds* looks its DAG's deadline alerts up by their
+definitions instead of their ids and fails with "can't adapt type 'dict'" (the scheduler's own
+path is not affected). The project's tests that use ``dag.test()`` run with it off.
 """
 
 from __future__ import annotations
@@ -58,26 +63,37 @@ def training_hours() -> float:
     return hours
 
 
-def ingestion_deadline() -> DeadlineAlert:
+def enabled() -> bool:
+    raw = (os.environ.get("ECOM_DEADLINE_ALERTS", "") or "on").strip().lower()
+    if raw not in ("on", "off", "true", "false", "1", "0"):
+        raise ConfigError(f"ECOM_DEADLINE_ALERTS={raw!r} is not on or off")
+    return raw in ("on", "true", "1")
+
+
+def ingestion_deadlines() -> list[DeadlineAlert]:
+    if not enabled():
+        return []
     from airflow.sdk import DeadlineAlert, DeadlineReference, SyncCallback
 
-    return DeadlineAlert(
+    return [DeadlineAlert(
         reference=DeadlineReference.DAGRUN_LOGICAL_DATE,
         interval=timedelta(days=1) + decision_time(),
         callback=SyncCallback(CALLBACK, kwargs={"stage": "ingestion"}),
         name="champion decision (ingestion)",
-    )
+    )]
 
 
-def training_deadline(model: str) -> DeadlineAlert:
+def training_deadlines(model: str) -> list[DeadlineAlert]:
+    if not enabled():
+        return []
     from airflow.sdk import DeadlineAlert, DeadlineReference, SyncCallback
 
-    return DeadlineAlert(
+    return [DeadlineAlert(
         reference=DeadlineReference.DAGRUN_QUEUED_AT,
         interval=timedelta(hours=training_hours()),
         callback=SyncCallback(CALLBACK, kwargs={"stage": "training", "model": model}),
         name="champion decision (training)",
-    )
+    )]
 
 
 def _run_day(run: dict[str, Any]) -> str:
