@@ -24,6 +24,7 @@ COPY --chown=airflow:0 include/ /opt/airflow/include/
 RUN pip install -c /opt/ecom/constraints.txt /opt/airflow/include \
     && rm -rf /opt/airflow/include/build
 
-# DAGs baked in, so the image runs without bind mounts (e.g. on the KubernetesExecutor); the compose
-# file mounts ./dags over them.
+# DAGs and plugins (the Models view) baked in, so the image runs without bind mounts (e.g. with the
+# Helm chart); the compose file mounts ./dags and ./plugins over them.
 COPY --chown=airflow:0 dags/ /opt/airflow/dags/
+COPY --chown=airflow:0 plugins/ /opt/airflow/plugins/

@@ -77,8 +77,6 @@ LOCAL_CREDENTIAL_DEFAULTS = {"airflow", "mlflow", "orders"}
 #: AIRFLOW_UID); anything else missing is an error.
 MAY_BE_ABSENT = {
     "lake": "pipeline output, gitignored; the package and airflow-init create it",
-    "plugins": "git keeps no empty folder and the project ships no Airflow plugin yet; "
-    "an empty plugins folder is what Airflow expects then",
 }
 #: A second set of values for every knob, to show the wiring does not rely on the defaults lining up.
 OVERRIDES = {
