@@ -4,7 +4,7 @@ SHELL := /bin/bash
 BIN := .venv/bin
 PYTEST_ARGS ?=
 
-.PHONY: help venv setup demo test airflow stop bench constraints clean
+.PHONY: help venv browser setup demo test airflow stop bench constraints clean
 
 help:
 	@echo "make demo   - set up everything and run the pipeline end to end on generated orders"
@@ -16,13 +16,17 @@ help:
 venv:
 	@scripts/ensure-venv
 
+# Debian's Chromium for the browser test of the web UI (tests/test_ui_browser.py).
+browser:
+	@scripts/ensure-browser
+
 setup: venv
 	@$(BIN)/ecom-ml setup
 
 demo: setup
 	@$(BIN)/python -m ecom_ml.demo
 
-test: setup
+test: setup browser
 	@$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 airflow: setup
