@@ -240,7 +240,7 @@ class Check:
         return "pass" if self.passed else "FAIL"
 
 
-def _fmt(value: Any) -> str:
+def format_number(value: Any) -> str:
     """Numbers for people: byte counts with separators, metrics with 4 decimals."""
     if value is None:
         return "—"
@@ -346,7 +346,7 @@ class GateReport:
             na = [c.name for c in self.checks if not c.applicable]
             extra = f"; n/a: {', '.join(na)}" if na else ""
             primary = next((c for c in self.checks if c.name == "beats_best_baseline"), None)
-            value = f" ({self.primary_metric} {_fmt(primary.candidate)})" if primary else ""
+            value = f" ({self.primary_metric} {format_number(primary.candidate)})" if primary else ""
             return f"gate PASSED for {self.model}{value}: {len(self.checks)} checks{extra}"
         failed = self.failed_checks
         parts = []
@@ -356,7 +356,7 @@ class GateReport:
                 parts.append(f"{check.name}{metric}: {check.detail}")
             else:
                 bad = "<" if check.comparison == ">=" else ">"
-                parts.append(f"{check.name}{metric} {_fmt(check.candidate)} {bad} {_fmt(check.threshold)}")
+                parts.append(f"{check.name}{metric} {format_number(check.candidate)} {bad} {format_number(check.threshold)}")
         return f"gate FAILED for {self.model} ({len(failed)} of {len(self.checks)} checks): " + "; ".join(parts)
 
     def to_markdown(self) -> str:
@@ -374,10 +374,10 @@ class GateReport:
             "|---|---|---|---|---|---|---|---|",
         ]
         for c in self.checks:
-            threshold = "—" if c.threshold is None else f"{c.comparison} {_fmt(c.threshold)}"
+            threshold = "—" if c.threshold is None else f"{c.comparison} {format_number(c.threshold)}"
             lines.append(
-                f"| {_md(c.name)} | {_md(c.metric)} | {threshold} | {_fmt(c.candidate)} | {_fmt(c.champion)} | "
-                f"{_fmt(c.baseline)} | **{c.result}** | {_md(c.detail)} |"
+                f"| {_md(c.name)} | {_md(c.metric)} | {threshold} | {format_number(c.candidate)} | {format_number(c.champion)} | "
+                f"{format_number(c.baseline)} | **{c.result}** | {_md(c.detail)} |"
             )
         columns: list[tuple[str, Mapping[str, Any] | None]] = [("candidate", self.candidate)]
         columns.append(("champion", self.champion))
@@ -402,7 +402,7 @@ class GateReport:
                 if title == "champion" and self.champion is None:
                     cells.append("n/a")
                 else:
-                    cells.append(_fmt(values.get(key)))
+                    cells.append(format_number(values.get(key)))
             lines.append(f"| {_md(key)} | " + " | ".join(cells) + " |")
         if self.champion is None:
             lines += ["", "_No champion yet: this would be the first promoted version._"]
@@ -498,7 +498,7 @@ def evaluate_gate(
             ok = cand_primary >= threshold if higher else cand_primary <= threshold
             checks.append(Check(
                 "beats_best_baseline", threshold, cand_primary, champ_primary, best_value, ok,
-                f"best baseline {best_name} {_fmt(best_value)} x {factor:g}{skipped}", primary, better,
+                f"best baseline {best_name} {format_number(best_value)} x {factor:g}{skipped}", primary, better,
             ))
 
     # -- champion ------------------------------------------------------------------------------------
@@ -519,7 +519,7 @@ def evaluate_gate(
             ok = cand_primary >= threshold if higher else cand_primary <= threshold
             checks.append(Check(
                 "no_regression_vs_champion", threshold, cand_primary, champ_value, best_value, ok,
-                f"champion {_fmt(champ_value)} x {factor:g}", primary, better,
+                f"champion {format_number(champ_value)} x {factor:g}", primary, better,
             ))
 
     # -- slice floors --------------------------------------------------------------------------------

@@ -541,3 +541,45 @@ def quality_report(lake: Lake, day: date, zone: str | None = None, *, dataset: s
                           data=report.to_dict(), markdown=markdown)
     where = f"the {zone} zone" if zone else f"any of {', '.join(REPORT_ZONES)}"
     raise ViewError(f"no quality report for {dataset} {day.isoformat()} in {where} under {lake.root}")
+
+
+# ---- what the page shows, section by section ----------------------------------------------------
+
+
+@dataclass
+class ModelSection:
+    name: str
+    dag_id: str
+    readable: bool
+    view: ModelView | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dag_id": self.dag_id, "readable": self.readable, "error": self.error,
+                "view": self.view.to_dict() if self.view else None}
+
+
+@dataclass
+class QualitySection:
+    dag_id: str
+    readable: bool
+    lake_root: str | None = None
+    days: list[QualityDay] = field(default_factory=list)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dag_id": self.dag_id, "readable": self.readable, "lake_root": self.lake_root, "error": self.error,
+                "days": [d.to_dict() for d in self.days]}
+
+
+@dataclass
+class Overview:
+    generated_at: str
+    mlflow_uri: str
+    mlflow_error: str | None
+    models: list[ModelSection]
+    quality: QualitySection
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"generated_at": self.generated_at, "mlflow": {"uri": self.mlflow_uri, "error": self.mlflow_error},
+                "models": [m.to_dict() for m in self.models], "quality": self.quality.to_dict()}
