@@ -110,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     os.environ.update(settings_mod.airflow_environment(settings_mod.load()))
+    # dag.test() fails at the end of a successful run of a DAG with deadline alerts on Airflow 3.3.2
+    # (see ecom_ml.deadlines); the demo's runs are not nightly runs anyway.
+    os.environ["ECOM_DEADLINE_ALERTS"] = "off"
     cfg = settings_mod.load()
 
     from ecom_ml.generator import GeneratorConfig, generate, parse_injections
