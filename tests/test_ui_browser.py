@@ -151,6 +151,11 @@ def _wait_run_success(page, url: str, timeout: float = 240) -> None:
     raise AssertionError(f"run {run_id} did not succeed within {timeout:.0f} s")
 
 
+def _trigger_dialog(page):
+    """The Trigger/Backfill modal (its date pickers are popovers, which also have the dialog role)."""
+    return page.locator("[data-scope=dialog][data-part=content]")
+
+
 def _pick_datetime(page, dialog, index: int, day: date) -> None:
     dialog.get_by_test_id("datetime-input").nth(index).click()
     popover = page.locator("[data-scope=popover][data-part=content][data-state=open]").last
@@ -178,7 +183,7 @@ def test_a_person_logs_in_triggers_a_day_backfills_and_reads_the_models_view(ui,
         # 2. Trigger orders_ingest for one day from its page; the trigger form unpauses it.
         page.goto(ui["url"] + "/dags/orders_ingest")
         page.get_by_role("button", name="Trigger").first.click()
-        dialog = page.get_by_role("dialog")
+        dialog = _trigger_dialog(page)
         dialog.locator("#element_day").fill(TRIGGERED_DAY.isoformat())
         _shot(page, "02-trigger-form")
         dialog.get_by_role("button", name="Trigger").click()
@@ -191,7 +196,7 @@ def test_a_person_logs_in_triggers_a_day_backfills_and_reads_the_models_view(ui,
         # 3. Backfill two days from the same dialog.
         page.goto(ui["url"] + "/dags/orders_ingest")
         page.get_by_role("button", name="Trigger").first.click()
-        dialog = page.get_by_role("dialog")
+        dialog = _trigger_dialog(page)
         dialog.get_by_text("Backfill", exact=True).click()
         _pick_datetime(page, dialog, 0, BACKFILL[0])
         _pick_datetime(page, dialog, 1, BACKFILL[1])
