@@ -37,11 +37,8 @@ import copy
 import fnmatch
 import functools
 import json
-import os
 import re
 import shlex
-import subprocess
-import sys
 import textwrap
 from datetime import date
 from pathlib import Path
@@ -52,6 +49,7 @@ import pendulum
 import pytest
 import yaml
 from airflow.sdk import DAG
+from cli_probes import run_airflow_probe, run_mlflow_probe
 
 from ecom_ml import alerts, k8s_training
 from ecom_ml.k8s_training import TrainingConfig, training_operator
@@ -770,38 +768,6 @@ def test_rolebinding_binds_the_service_accounts_the_values_name():
     assert vals["allowPodLaunching"] is False, "no pod-launching Role in Airflow's own namespace is needed"
 
 
-_MLFLOW_PROBE = textwrap.dedent(
-    """
-    import json, sys
-    import click
-    from mlflow.cli import cli
-    from mlflow.server.security_utils import is_allowed_host_header
-    request = json.load(sys.stdin)
-    result = {"argv": [], "host_allowed": {}}
-    for argv in request["argv"]:
-        try:
-            ctx = cli.make_context("mlflow", list(argv))
-            command = cli
-            while isinstance(command, click.Group):
-                rest = [*getattr(ctx, "_protected_args", getattr(ctx, "protected_args", [])), *ctx.args]
-                name, command, rest = command.resolve_command(ctx, rest)
-                ctx = command.make_context(name, rest, parent=ctx)
-            result["argv"].append({"path": ctx.command_path, "params": {k: v for k, v in ctx.params.items()
-                                   if isinstance(v, (str, int, bool, type(None)))}})
-        except click.exceptions.ClickException as exc:
-            result["argv"].append({"error": exc.format_message()})
-    for allowed, host in request["host_allowed"]:
-        result["host_allowed"][host] = is_allowed_host_header(allowed.split(","), host)
-    print(json.dumps(result))
-    """
-)
-
-
-def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_", "MLFLOW_")) and k != "AIRFLOW_HOME"}
-
-
 def _expand(args: list[str], env: dict[str, str]) -> list[str]:
     """Kubernetes' $(VAR) expansion of command/args from the container's env."""
     return [re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), str(a)) for a in args]
@@ -840,11 +806,8 @@ def test_mlflow_deployment_serves_the_tracking_uri(tmp_path):
     allowed = server_argv[server_argv.index("--allowed-hosts") + 1]
     request = {"argv": [argv[1:] for argv in argvs] + [["server", "--no-such-flag"]],
                "host_allowed": [[allowed, tracking.netloc], [allowed, "evil.example.com"]]}
-    proc = subprocess.run([sys.executable, "-c", _MLFLOW_PROBE], input=json.dumps(request), capture_output=True,
-                          text=True, timeout=300, env=_clean_env(), cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    outcomes = result["argv"]
+    result = run_mlflow_probe(request, tmp_path)
+    outcomes = [result["argv"][json.dumps(argv)] for argv in request["argv"]]
     assert "error" in outcomes[-1], "the probe must reject an unknown flag"
     assert all("error" not in o for o in outcomes[:-1]), outcomes
     parsed = {o["path"]: o["params"] for o in outcomes[:-1]}
@@ -875,25 +838,6 @@ def _dag_params() -> dict[str, set[str]]:
     return found
 
 
-_AIRFLOW_PARSE = textwrap.dedent(
-    """
-    import contextlib, io, json, sys
-    from airflow.cli.cli_parser import get_parser
-    parser = get_parser()
-    result = []
-    for argv in json.load(sys.stdin):
-        err = io.StringIO()
-        try:
-            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-                parser.parse_args(argv)
-            result.append(None)
-        except SystemExit:
-            result.append((err.getvalue().strip().splitlines() or ["?"])[-1])
-    print(json.dumps(result))
-    """
-)
-
-
 def test_install_and_smoke_test_commands(tmp_path):
     commands = shell_commands(readme())
     install = helm_install(commands)
@@ -922,13 +866,9 @@ def test_install_and_smoke_test_commands(tmp_path):
         date.fromisoformat(conf["day"])
     unpaused = {argv[2] for argv in dags_argvs if argv[1] == "unpause"}
     assert {"orders_ingest", "train_recommender"} <= unpaused, "DAGs start paused (dags_are_paused_at_creation)"
-    env = _clean_env() | {"AIRFLOW_HOME": str(tmp_path / "airflow-home"), "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
-                          "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor"}
     request = [*dags_argvs, ["dags", "trigger", "orders_ingest", "--no-such-flag"]]
-    proc = subprocess.run([sys.executable, "-c", _AIRFLOW_PARSE], input=json.dumps(request), capture_output=True,
-                          text=True, timeout=300, env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    outcome = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = run_airflow_probe({"argv": request, "modules": [], "connections": {}}, tmp_path, "CeleryExecutor")
+    outcome = [result["argv"][json.dumps(argv)] for argv in request]
     assert outcome[-1] is not None, "the parser must reject an unknown flag"
     for argv, error in zip(dags_argvs, outcome):
         assert error is None, f"`airflow {' '.join(argv)}`: {error}"
