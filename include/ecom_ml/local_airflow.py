@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ecom_ml import settings as settings_mod
 from ecom_ml.errors import EcomError
-from ecom_ml.localhost import free_port
+from ecom_ml.localhost import free_port, process_alive
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 
@@ -120,16 +120,6 @@ def _pid_dir(cfg: settings_mod.Settings) -> Path:
     return cfg.airflow_home / "pids"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _running(cfg: settings_mod.Settings) -> dict[str, int]:
     """Components whose pid file names a live process."""
     found = {}
@@ -137,7 +127,7 @@ def _running(cfg: settings_mod.Settings) -> dict[str, int]:
         pidfile = _pid_dir(cfg) / f"{name}.pid"
         if pidfile.exists():
             pid = int(pidfile.read_text().split()[0])
-            if _alive(pid):
+            if process_alive(pid):
                 found[name] = pid
     return found
 
@@ -196,7 +186,7 @@ def stop_background(cfg: settings_mod.Settings | None = None, timeout: float = 3
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while any(_alive(pid) for pid in running.values()) and time.monotonic() < deadline:
+        while any(process_alive(pid) for pid in running.values()) and time.monotonic() < deadline:
             time.sleep(0.2)
         for pid in running.values():
             with contextlib.suppress(ProcessLookupError):

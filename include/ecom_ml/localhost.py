@@ -1,9 +1,10 @@
-"""Small helpers shared by the services the project runs on this machine (PostgreSQL, MLflow)."""
+"""Small helpers shared by the services the project runs on this machine (PostgreSQL, MLflow, Airflow)."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,3 +34,22 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def process_alive(pid: int) -> bool:
+    """True for a live, non-zombie process; reaps it first when it is our own exited child."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from ecom_ml import settings as settings_mod
 from ecom_ml.errors import EcomError
-from ecom_ml.localhost import file_lock, port_in_use
+from ecom_ml.localhost import file_lock, port_in_use, process_alive
 from ecom_ml.settings import ConfigError, Settings, port_from_env
 
 DEFAULT_MLFLOW_PORT = 55000
@@ -162,31 +162,12 @@ class ServerStatus:
         )
 
 
-def _process_alive(pid: int) -> bool:
-    """True for a live, non-zombie process; reaps it first when it is our own exited child."""
-    with contextlib.suppress(ChildProcessError, OSError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def _is_mlflow_server(pid: int) -> bool:
     """Guard against pid reuse: the recorded pid must still be an ``mlflow server`` process."""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
-        return _process_alive(pid)  # no /proc (macOS): trust liveness
+        return process_alive(pid)  # no /proc (macOS): trust liveness
     return any(b"mlflow" in part for part in argv) and b"server" in argv
 
 
@@ -209,7 +190,7 @@ def _healthy(url: str, timeout: float = 2.0) -> bool:
 def status(settings: Settings | None = None) -> ServerStatus:
     cfg = settings or settings_mod.load()
     record = _read_pid_file(cfg)
-    if record and _process_alive(record["pid"]) and _is_mlflow_server(record["pid"]):
+    if record and process_alive(record["pid"]) and _is_mlflow_server(record["pid"]):
         url = record.get("url") or server_url(record.get("port"))
         return ServerStatus(
             running=True,
@@ -317,13 +298,13 @@ def _terminate_group(pid: int, timeout: float = 20.0) -> None:
     with contextlib.suppress(ProcessLookupError):
         targets(signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _process_alive(pid) and time.monotonic() < deadline:
+    while process_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    if _process_alive(pid):
+    if process_alive(pid):
         with contextlib.suppress(ProcessLookupError):
             targets(signal.SIGKILL)
         deadline = time.monotonic() + 5
-        while _process_alive(pid) and time.monotonic() < deadline:
+        while process_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
 
 
@@ -401,7 +382,7 @@ def _wait_healthy(cfg: Settings, pid: int | None, url: str) -> None:
     timeout = _start_timeout()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if pid is not None and not _process_alive(pid):
+        if pid is not None and not process_alive(pid):
             raise MlflowServerError(
                 f"the MLflow server exited during start-up: {_tail(log_file(cfg))} (log: {log_file(cfg)})"
             )
@@ -421,7 +402,7 @@ def stop(settings: Settings | None = None) -> ServerStatus:
         current = status(cfg)
         if current.running and current.pid is not None:
             _terminate_group(current.pid)
-            if _process_alive(current.pid):
+            if process_alive(current.pid):
                 raise MlflowServerError(f"the MLflow server (pid {current.pid}) did not stop")
         pid_file(cfg).unlink(missing_ok=True)
         return status(cfg)
