@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import uuid
 from datetime import date
 
-import psycopg2
-
 from ecom_ml import settings
+from ecom_ml.db import scratch_database
 from ecom_ml.db.migrate import migrate
 from ecom_ml.db.server import start
 from ecom_ml.generator import GeneratorConfig, generate
@@ -38,21 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     start(cfg)
     rates = []
     for attempt in range(args.repeat):
-        name = f"bench_generate_{uuid.uuid4().hex[:10]}"
-        admin = psycopg2.connect(cfg.local_url("postgres"))
-        admin.autocommit = True
-        try:
-            with admin.cursor() as cur:
-                cur.execute(f'CREATE DATABASE "{name}"')
+        with scratch_database(cfg, "bench_generate") as name:
             url = cfg.local_url(name)
             migrate(url)
             config = GeneratorConfig(start=args.start, days=args.days, orders_per_day=args.orders_per_day,
                                      seed=args.seed)
             summary = generate(url, config, progress=args.progress)
-        finally:
-            with admin.cursor() as cur:
-                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            admin.close()
         rates.append(summary.lines_per_second)
         print(f"run {attempt + 1}: {args.days} days x {args.orders_per_day:,} orders/day: "
               f"{summary.orders:,} orders, {summary.lines:,} lines, {summary.seconds:.2f} s, "

@@ -7,6 +7,7 @@ that switching the behaviour off (no popularity skew, no staples, no weekly patt
 
 from __future__ import annotations
 
+import contextlib
 import io
 import uuid
 from collections.abc import Callable, Iterator
@@ -35,21 +36,15 @@ SHOP_TABLES = {"customers": "customer_id", "products": "product_id", "orders": "
 @pytest.fixture
 def another_orders_db(pg_server: settings_mod.Settings) -> Iterator[Callable[[], str]]:
     """Factory for extra fresh migrated databases in one test (``orders_db`` gives only one)."""
-    created: list[str] = []
+    from ecom_ml.db import scratch_database
 
-    def make() -> str:
-        name = f"test_gen_{uuid.uuid4().hex[:12]}"
-        with _admin(pg_server) as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-        created.append(name)
-        url = pg_server.local_url(name)
-        migrate(url)
-        return url
+    with contextlib.ExitStack() as stack:
+        def make() -> str:
+            url = pg_server.local_url(stack.enter_context(scratch_database(pg_server, "test_gen")))
+            migrate(url)
+            return url
 
-    yield make
-    for name in created:
-        with _admin(pg_server) as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        yield make
 
 
 class _admin:
