@@ -79,13 +79,18 @@ def alert_from_context(context: dict[str, Any]) -> Alert:
     day = str(chosen) if chosen else interval.date().isoformat() if interval is not None else "?"
     reason = " ".join(str(context.get("exception") or "unknown error").split())
     match = _REPORT.search(reason)
-    base = base_url()
-    run_url = f"{base.rstrip('/')}/dags/{dag_id}/runs/{run_id}" if base and run_id else None
-    return Alert(dag_id, day, str(getattr(ti, "task_id", "?")), reason, run_url, match.group(1) if match else None)
+    return Alert(dag_id, day, str(getattr(ti, "task_id", "?")), reason, run_url(dag_id, run_id),
+                 match.group(1) if match else None)
 
 
-def base_url() -> str | None:
-    """The UI's address for links in messages (``[api] base_url``)."""
+def run_url(dag_id: str, run_id: str | None) -> str | None:
+    """The run's page in the UI, for links in messages; None without a run or a known UI address."""
+    base = _base_url()
+    return f"{base.rstrip('/')}/dags/{dag_id}/runs/{run_id}" if base and run_id else None
+
+
+def _base_url() -> str | None:
+    """The UI's address (``[api] base_url``)."""
     if os.environ.get("AIRFLOW__API__BASE_URL"):
         return os.environ["AIRFLOW__API__BASE_URL"]
     try:

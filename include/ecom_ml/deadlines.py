@@ -115,7 +115,7 @@ def _verdict_on_record(model: str, run_id: str) -> str | None:
 
 def no_champion_decision(context: dict[str, Any], stage: str, model: str | None = None) -> None:
     """The deadline callback (run by the executor): alert unless the run did decide after all."""
-    from ecom_ml.alerts import Alert, base_url, deliver
+    from ecom_ml.alerts import Alert, deliver, run_url
 
     run = context.get("dag_run") or {}
     dag_id, run_id = str(run.get("dag_id", "?")), str(run.get("dag_run_id") or run.get("run_id") or "?")
@@ -136,13 +136,12 @@ def no_champion_decision(context: dict[str, Any], stage: str, model: str | None 
     by = str((context.get("deadline") or {}).get("deadline_time", "the deadline"))[:16].replace("T", " ")
     state = run.get("state") or "unknown"
     what = "the day's orders were not validated" if stage == "ingestion" else "training did not reach its gate"
-    base = base_url()
     alert = Alert(
         dag_id=dag_id,
         day=_run_day(run),
         task_id="",
         reason=f"{what}: run {run_id} is {state}",
-        run_url=f"{base.rstrip('/')}/dags/{dag_id}/runs/{run_id}" if base else None,
+        run_url=run_url(dag_id, run_id),
         report=None,
         headline=f"no champion decision by {by} UTC",
     )
