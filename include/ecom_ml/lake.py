@@ -4,8 +4,9 @@ A partition folder ``{root}/{zone}/{dataset}/dt=YYYY-MM-DD/`` holds its data fil
 folder ``v-<content hash>/`` and a ``_manifest.json`` that names the current version. Readers go
 through the manifest only, so a writer killed half-way leaves the previous version (or nothing)
 visible. The manifest is replaced by writing a temporary object and renaming it, which is atomic on
-a local file system and on object stores (each object appears whole). Paths are Airflow
-``ObjectStoragePath``s, so ``file://`` here and ``s3://`` in production are the same code.
+a local file system and on object stores (each object appears whole). Paths come from
+``ecom_ml.storage`` (fsspec through ``universal_pathlib``, no Airflow import), so ``file://`` here and
+``s3://`` in production are the same code, in an Airflow task and in the trainer alike.
 
 The version is a hash of the files' bytes: writing identical data twice gives the identical
 version, folder and files.
@@ -22,20 +23,16 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
+from ecom_ml import storage
+
 if TYPE_CHECKING:
     import pyarrow as pa
-    from airflow.sdk import ObjectStoragePath
+    from upath import UPath
 
 MANIFEST = "_manifest.json"
 
 #: Zones of the lake, in the order data moves through them.
 RAW, VALIDATED, QUARANTINE, FEATURES = "raw", "validated", "quarantine", "features"
-
-
-def _path(uri: str) -> ObjectStoragePath:
-    from airflow.sdk import ObjectStoragePath
-
-    return ObjectStoragePath(uri)
 
 
 def partition_name(day: date) -> str:
@@ -87,11 +84,11 @@ class Lake:
     def __init__(self, root: str) -> None:
         self.root = root.rstrip("/")
 
-    def partition(self, zone: str, dataset: str, day: date) -> ObjectStoragePath:
-        return _path(f"{self.root}/{zone}/{dataset}/{partition_name(day)}")
+    def partition(self, zone: str, dataset: str, day: date) -> UPath:
+        return storage.path(f"{self.root}/{zone}/{dataset}/{partition_name(day)}")
 
-    def dataset(self, zone: str, dataset: str) -> ObjectStoragePath:
-        return _path(f"{self.root}/{zone}/{dataset}")
+    def dataset(self, zone: str, dataset: str) -> UPath:
+        return storage.path(f"{self.root}/{zone}/{dataset}")
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -162,14 +159,14 @@ class Lake:
         part.fs.rm(part.path, recursive=True)
         return True
 
-    def write_text(self, zone: str, dataset: str, day: date, name: str, text: str) -> ObjectStoragePath:
+    def write_text(self, zone: str, dataset: str, day: date, name: str, text: str) -> UPath:
         """A document beside the partition (e.g. the quality report), replaced atomically."""
         part = self.partition(zone, dataset, day)
         part.mkdir(parents=True, exist_ok=True)
         target = part / name
         tmp = part / f".{name}.tmp-{uuid.uuid4().hex}"
         tmp.write_text(text)
-        tmp.replace(target)
+        tmp.rename(target)
         return target
 
     def _commit(
@@ -196,17 +193,17 @@ class Lake:
             if not (target.exists() and target.stat().st_size == len(blob)):
                 tmp = folder / f".{file}.tmp-{uuid.uuid4().hex}"
                 tmp.write_bytes(blob)
-                tmp.replace(target)
+                tmp.rename(target)
             files[name] = file
         manifest = Manifest(version, files, dict(rows), extra)
         tmp = part / f".{MANIFEST}.tmp-{uuid.uuid4().hex}"
         tmp.write_text(manifest.to_json())
-        tmp.replace(part / MANIFEST)
+        tmp.rename(part / MANIFEST)
         self._collect_garbage(part, keep=version)
         return manifest
 
     @staticmethod
-    def _collect_garbage(part: ObjectStoragePath, keep: str) -> None:
+    def _collect_garbage(part: UPath, keep: str) -> None:
         """Drop versions no manifest names any more and temporaries of killed writers."""
         for child in part.iterdir():
             if child.name.startswith("v-") and child.name != keep:

@@ -11,8 +11,8 @@ A trainer is ``train(request: TrainRequest) -> dict`` (the body of ``return.json
 satisfying ``ecom_ml.evaluation.protocol.Recommender``).
 
 The artifact helpers at the bottom let every kind write ``<out>/model/`` and read it back the same
-way on local disk (a path or ``file://`` URI) and on object storage (``s3://...``, through Airflow's
-``ObjectStoragePath``, imported only for remote URIs).
+way on local disk (a path or ``file://`` URI) and on object storage (``s3://...``, through
+``ecom_ml.storage``, which needs no Airflow).
 """
 
 from __future__ import annotations
@@ -126,14 +126,9 @@ def join(uri: str, *parts: str) -> str:
 
 
 def _remote(uri: str) -> Any:
-    try:
-        from airflow.sdk import ObjectStoragePath
-    except ImportError:
-        raise EcomError(
-            f"{uri}: remote locations need Airflow's ObjectStoragePath (apache-airflow-task-sdk), "
-            f"which is not installed here; use a local path or install it"
-        ) from None
-    return ObjectStoragePath(uri)
+    from ecom_ml import storage
+
+    return storage.path(uri)
 
 
 def publish_dir(local_dir: Path, uri: str) -> None:

@@ -168,14 +168,6 @@ def read_training_features(root: str, day: date) -> dict[str, Any]:
         return read_features(root, day)
     except FileNotFoundError as exc:
         raise RecommenderError(f"no recommender features for {day} under {root} ({exc})") from None
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.split(".")[0] == "airflow":
-            # The lake's paths are Airflow ObjectStoragePaths; an image without Airflow cannot read it.
-            raise RecommenderError(
-                f"reading the lake at {root} needs Airflow's ObjectStoragePath (apache-airflow-task-sdk), "
-                f"which this environment lacks ({exc})"
-            ) from None
-        raise
 
 
 def _micros(moment: datetime) -> int:
