@@ -31,19 +31,20 @@ RUN python -m venv /opt/trainer-venv \
         "tensorflow[and-cuda]==${TENSORFLOW_VERSION}" \
         keras \
         mlflow-skinny \
-        apache-airflow-task-sdk \
-        "apache-airflow-providers-amazon[s3fs]"
-# apache-airflow-task-sdk brings airflow.sdk.ObjectStoragePath, through which the trainer reads the
-# lake and writes the model (file:// and s3:// alike); the amazon provider registers s3:// with it.
+        universal_pathlib \
+        s3fs
+# The trainer needs no Airflow: it reads the lake and writes the model through ecom_ml.storage
+# (universal_pathlib over fsspec; s3fs for s3://), with credentials from the pod's Secret.
 
 # The project package; its own dependencies resolve against the same constraints.
 COPY include/ /opt/ecom/include/
 RUN pip install -c /opt/ecom/constraints.txt /opt/ecom/include \
     && rm -rf /opt/ecom/include/build
 
-# Non-root: uid 50000, gid 0 (the Airflow convention; also what the pod's securityContext sets).
-RUN useradd --uid 50000 --gid 0 --create-home --home-dir /home/trainer --shell /usr/sbin/nologin trainer
-USER 50000:0
+# Non-root user and group 50000 (also what the pod's securityContext sets): no root group either.
+RUN groupadd --gid 50000 trainer \
+    && useradd --uid 50000 --gid 50000 --create-home --home-dir /home/trainer --shell /usr/sbin/nologin trainer
+USER 50000:50000
 WORKDIR /home/trainer
 
 ENTRYPOINT ["python", "-m", "ecom_ml.train"]

@@ -14,6 +14,8 @@ The local mode is checked on real subprocesses: its command line is the pod's mi
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import threading
 import time
@@ -114,6 +116,8 @@ def test_kubernetes_pod_spec(kube_connection):
 
     pod_sc = spec.security_context
     assert pod_sc.run_as_non_root is True and pod_sc.run_as_user == 50000
+    # No root group either: volumes mounted into the pod must not become group-owned by gid 0.
+    assert pod_sc.run_as_group == 50000 and pod_sc.fs_group == 50000
     assert pod_sc.seccomp_profile.type == "RuntimeDefault"
     for container in spec.containers:  # the xcom sidecar too: a "restricted" namespace checks every one
         sc = container.security_context
@@ -128,7 +132,30 @@ def test_kubernetes_pod_spec(kube_connection):
     assert spec.active_deadline_seconds == 120 * 60 + 900
     mounts = {m.mount_path for m in base.volume_mounts}
     assert {"/airflow/xcom", "/tmp", "/home/trainer", "/dev/shm"} <= mounts
-    assert any(c.name == "airflow-xcom-sidecar" for c in spec.containers)
+    sidecar = next(c for c in spec.containers if c.name == "airflow-xcom-sidecar")
+    assert sidecar.resources.limits == {"cpu": "100m", "memory": "64Mi"}, "the sidecar must be bounded"
+    assert sidecar.resources.requests == {"cpu": "10m", "memory": "16Mi"}
+    xcom = next(v for v in spec.volumes if v.name == "xcom")
+    assert xcom.empty_dir.size_limit == "16Mi"
+
+
+def test_pod_env_has_the_trainer_settings_and_no_airflow_or_credentials(kube_connection, monkeypatch):
+    """The pod gets the same settings as the local subprocess; credentials only via the Secret."""
+    monkeypatch.setenv("ECOM_LAKE_ROOT", "s3://ecom-lake/lake")
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://ml:s3cr3t-pw@mlflow:5000")  # has a password: not in env
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "worker-s3cr3t")
+    monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "airflow-db-not-allowed:///")
+    dag, (op,) = _dag_with(lambda: training_operator("train", model="recommender", features_uri=FEATURES,
+                                                     out_uri=OUT, config=_k8s_config()))
+    pod = op.build_pod_request_obj(_context(dag, op))
+    base = next(c for c in pod.spec.containers if c.name == "base")
+    env = {e.name: e.value for e in base.env}
+    assert env["ECOM_LAKE_ROOT"] == "s3://ecom-lake/lake" and env["KERAS_BACKEND"] == "jax"
+    assert env["ECOM_TRAINING_MODE"] == "kubernetes" and env["HOME"] == "/home/trainer"
+    assert not [name for name in env if name.startswith("AIRFLOW")]
+    assert "MLFLOW_TRACKING_URI" not in env and "AWS_SECRET_ACCESS_KEY" not in env
+    assert "s3cr3t" not in repr(pod.to_dict())
 
 
 def test_kubernetes_settings_from_variables_and_overrides(kube_connection):
@@ -276,3 +303,54 @@ def test_missing_pod_template_is_a_config_error(tmp_path: Path):
         training_operator("train", model="recommender", features_uri="f", out_uri="o", config=cfg)
     assert k8s_training._default_template() is not None, "found in include/k8s/ of this checkout"
     assert TrainingConfig(mode="kubernetes").pod_template_file is None  # resolved when the operator is built
+
+
+SHOW_ENV = ("import json, os, sys; from pathlib import Path; out = Path(sys.argv[1]); out.mkdir(parents=True); "
+            "(out / 'return.json').write_text(json.dumps({'env': dict(os.environ)}))")
+
+
+def test_local_trainer_gets_a_minimal_environment_not_the_supervisors(tmp_path: Path, monkeypatch):
+    """What Airflow 3's task supervisor puts in a task's environment never reaches the trainer."""
+    monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "airflow-db-not-allowed:///")
+    monkeypatch.setenv("AIRFLOW_CONN_ORDERS_DB", "postgresql://shop:pw@db/orders")
+    monkeypatch.setenv("SUPERVISOR_COMMS_TOKEN", "not-for-the-trainer")
+    monkeypatch.setenv("ECOM_LAKE_ROOT", "file:///srv/lake")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA-worker")
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")
+    monkeypatch.setenv("ECOM_TRAINER_ENV", "HTTPS_PROXY, AIRFLOW_HOME")  # AIRFLOW* is refused even if listed
+    out = tmp_path / "run"
+    op = LocalTrainingOperator(task_id="train", cmds=["python", "-c", SHOW_ENV], arguments=[str(out)],
+                               out_uri=str(out), model="recommender")
+    env = op.execute({})["env"]
+    assert not [name for name in env if name.upper().startswith("AIRFLOW")], sorted(env)
+    assert "SUPERVISOR_COMMS_TOKEN" not in env
+    assert env["ECOM_LAKE_ROOT"] == "file:///srv/lake" and env["AWS_ACCESS_KEY_ID"] == "AKIA-worker"
+    assert env["KERAS_BACKEND"] == "jax" and env["HTTPS_PROXY"] == "http://proxy:3128"
+    assert env["PATH"] == os.environ["PATH"] and env["PYTHONUNBUFFERED"] == "1"
+
+
+def test_the_trainer_imports_need_no_airflow_configuration(tmp_path: Path):
+    """Even handed the supervisor's poisoned setting, the trainer's lake and model code works:
+    nothing it imports touches Airflow (the bug: ecom_ml.lake imported airflow.sdk)."""
+    code = ("import sys; from datetime import date; import ecom_ml.train, ecom_ml.models.recommender, "
+            "ecom_ml.features.recommender, ecom_ml.evaluation; from ecom_ml.lake import Lake; "
+            f"lake = Lake({tmp_path.as_uri()!r}); import pyarrow as pa; "
+            "lake.write('features', 'x', date(2024, 1, 1), {'t': pa.table({'a': [1]})}); "
+            "assert lake.read('features', 'x', date(2024, 1, 1))['t'].num_rows == 1; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'airflow'))")
+    env = {**os.environ, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "airflow-db-not-allowed:///"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]", "the trainer's modules must not import Airflow"
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ("BAD-NAME", "ECOM_TRAINER_ENV='BAD-NAME': 'BAD-NAME' is not an environment variable name"),
+])
+def test_bad_trainer_env_list_is_one_line(raw, message, monkeypatch):
+    from ecom_ml.training.environment import local_environment
+
+    with pytest.raises(ConfigError) as info:
+        local_environment({"ECOM_TRAINER_ENV": raw})
+    assert str(info.value) == message

@@ -11,6 +11,9 @@ One training code path: both modes run ``python -m ecom_ml.train --model M --fea
 * ``local`` (default): :class:`LocalTrainingOperator` runs the same command (without ``--xcom …``)
   with this interpreter, streams its output to the task log, and pushes ``<out>/return.json`` as XCom.
 
+Both modes give the trainer the same, explicit environment (``ecom_ml.training.environment``), never
+the task supervisor's: the pod gets the settings as ``env`` and credentials from its Secret.
+
 Trainer contract (``ecom_ml.train``): write ``<out>/model/`` and, last, ``<out>/return.json`` (a
 small JSON object: URIs and metrics, no arrays); with ``--xcom PATH`` also write a copy to PATH. Exit
 non-zero on failure (2 with one ``ecom-ml train: error: …`` line for user-fixable ones). Both modes
@@ -72,6 +75,12 @@ MODES = ("local", "kubernetes")
 POD_XCOM_PATH = "/airflow/xcom/return.json"
 TEMPLATE_NAME = "trainer-pod-template.yaml"
 TRAINER_UID = 50000  # the trainer image's user (docker/trainer.Dockerfile), also Airflow's convention
+TRAINER_GID = 50000  # and its own group: nothing in the pod runs with the root group
+XCOM_VOLUME = "xcom"
+#: The xcom sidecar only sleeps and then ``cat``s one small JSON file.
+SIDECAR_RESOURCES = {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"cpu": "100m", "memory": "64Mi"}}
+#: ``return.json`` is a few kB (URIs and metrics); the cap keeps a runaway writer off the node's disk.
+XCOM_VOLUME_LIMIT = "16Mi"
 
 _MODEL = re.compile(r"^[a-z][a-z0-9_-]{0,40}$")
 _QUANTITY = re.compile(r"^\d+(\.\d+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$")
@@ -261,7 +270,6 @@ def kubernetes_operator(
     **operator_kwargs: Any,
 ) -> BaseOperator:
     """The deferrable ``KubernetesPodOperator`` that runs ``argv`` (from :func:`trainer_command`)."""
-    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from kubernetes.client import models as k8s
 
     template = config.pod_template_file or _default_template()
@@ -287,7 +295,9 @@ def kubernetes_operator(
         "execution_timeout": config.execution_timeout,
         **operator_kwargs,
     }
-    return KubernetesPodOperator(
+    from ecom_ml.trainer_pod import TrainerPodOperator
+
+    return TrainerPodOperator(
         task_id=task_id,
         name=f"train-{model}".replace("_", "-"),
         kubernetes_conn_id=config.kubernetes_conn_id,
@@ -305,8 +315,8 @@ def kubernetes_operator(
         security_context=k8s.V1PodSecurityContext(
             run_as_non_root=True,
             run_as_user=TRAINER_UID,
-            run_as_group=0,
-            fs_group=0,
+            run_as_group=TRAINER_GID,
+            fs_group=TRAINER_GID,
             seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
         ),
         container_security_context=_restricted_container_context(),
@@ -454,8 +464,11 @@ class LocalTrainingOperator(BaseOperator):
         def remember(proc: subprocess.Popen) -> None:
             self._proc = proc
 
+        from ecom_ml.training.environment import local_environment
+
         try:
-            return run_training_subprocess(argv, self.out_uri, log=self.log, on_start=remember)
+            return run_training_subprocess(argv, self.out_uri, log=self.log, env=local_environment(),
+                                           on_start=remember)
         finally:
             self._proc = None
 
