@@ -57,7 +57,7 @@ def train_recommender():
 
         events = [event.extra for events in (triggering_asset_events or {}).values() for event in events]
         day = resolve_day((params or {}).get("day"), events, data_interval_end)
-        return build_features(MODEL, TrainingSettings.from_airflow(), day, run_id)
+        return build_features(MODEL, TrainingSettings.from_airflow(MODEL), day, run_id)
 
     built = features()
     train = training_operator(
@@ -74,9 +74,9 @@ def train_recommender():
     def evaluate(built: dict, trained: dict) -> dict:
         from datetime import date
 
-        from ecom_ml.training.steps import TrainingSettings, evaluate
+        from ecom_ml.training.steps import evaluate
 
-        return evaluate(MODEL, TrainingSettings.from_airflow(), date.fromisoformat(built["day"]),
+        return evaluate(MODEL, built["features_uri"], date.fromisoformat(built["day"]),
                         {**trained, "out_uri": built["out_uri"]})
 
     @task(retries=0)

@@ -93,12 +93,19 @@ def features() -> dict[str, pa.Table]:
 
 
 def test_interactions_keep_only_purchases_in_the_window(features):
-    inter = features["interactions"]
+    from ecom_ml.features.recommender import current_purchases
+
+    everything = features["interactions"]
+    # Cancelled and refunded orders stay, marked with when they stopped being purchases.
+    removed = {r["order_id"]: r["removed_at"] for r in everything.to_pylist() if r["removed_at"] is not None}
+    assert removed == {4: _t("2024-03-08 00:00"), 5: _t("2024-03-08 00:00")}
+    inter = current_purchases(everything)
     assert sorted(set(inter.column("order_id").to_pylist())) == [1, 2, 3, 6, 10, 11]
     assert inter.num_rows == 8
     assert not {40, 60} & set(inter.column("product_id").to_pylist())
+    assert 60 not in everything.column("product_id").to_pylist(), "guest orders and out-of-window orders are not kept"
     # sorted by (ts, customer, product)
-    keys = list(zip(*(inter.column(c).to_pylist() for c in ("ts", "customer_id", "product_id")), strict=True))
+    keys = list(zip(*(everything.column(c).to_pylist() for c in ("ts", "customer_id", "product_id")), strict=True))
     assert keys == sorted(keys)
     assert inter.schema.field("ts").type == pa.timestamp("us", tz="UTC")
     assert inter.schema.field("weight").type == pa.float32()
@@ -196,7 +203,7 @@ def test_clear_errors_for_bad_input():
 
 
 def test_empty_window_gives_empty_tables():
-    empty = build_features(shop(), date(2020, 1, 1), window_days=7)
+    empty = build_features(shop(), date(2020, 1, 1), window_days=7, holdout_days=1)
     assert {name: table.num_rows for name, table in empty.items()} == {"interactions": 0, "items": 0, "users": 0}
 
 
@@ -214,3 +221,66 @@ def test_lake_round_trip_with_params_in_manifest(tmp_path, features):
     assert feature_params(back).window_days == 40
     with pytest.raises(FeatureError, match="built for 2024-03-10"):
         write_features(lake, date(2024, 3, 11), features)
+
+
+def test_params_carry_the_holdout_and_reject_one_that_leaves_nothing_to_train_on(tmp_path):
+    built = build_features(shop(), DAY, **PARAMS, holdout_days=31)
+    params = feature_params(built)
+    assert params.holdout_days == 31 and params.holdout_start == _t("2024-02-09 00:00")
+    manifest = write_features(Lake(tmp_path.as_uri()), DAY, built)
+    assert manifest.extra["recommender"]["holdout_days"] == 31
+    assert manifest.extra["recommender"]["holdout_start"] == "2024-02-09T00:00:00+00:00"
+    with pytest.raises(FeatureError, match=r"^holdout_days must be from 1 to window_days - 1 \(39\), got 40"):
+        build_features(shop(), DAY, **PARAMS, holdout_days=40)
+
+
+def _with_history(versions: list[tuple[int, str, str]]) -> dict[str, pa.Table]:
+    """shop() plus later versions of some orders (order_id, status, updated_at), as the lake holds them."""
+    tables = shop()
+    orders = tables["orders"]
+    history = orders.select(["order_id", "status", "updated_at"]).to_pylist()
+    history += [{"order_id": o, "status": st, "updated_at": _t(at)} for o, st, at in versions]
+    latest = {}
+    for row in sorted(history, key=lambda r: r["updated_at"]):
+        latest[row["order_id"]] = row
+    rows = orders.to_pylist()
+    for row in rows:
+        row["status"], row["updated_at"] = latest[row["order_id"]]["status"], latest[row["order_id"]]["updated_at"]
+    tables["orders"] = pa.Table.from_pylist(rows, schema=orders.schema)
+    tables["order_history"] = pa.Table.from_pylist(history, schema=pa.schema(
+        [orders.schema.field("order_id"), orders.schema.field("status"), orders.schema.field("updated_at")]))
+    return tables
+
+
+def test_training_sees_each_order_as_it_was_at_the_cutoff():
+    """A cancellation recorded after the cutoff does not remove the order from what a model trained
+    up to the cutoff sees; one recorded before the cutoff does (issue: no information from the future)."""
+    from ecom_ml.evaluation.protocol import time_split
+    from ecom_ml.features.recommender import purchases_as_of
+
+    # Holdout of 3 days: the cutoff is 2024-03-08 00:00. Order 1 (placed 03-01) is cancelled on 03-09,
+    # after the cutoff; order 2 (placed 03-06) was cancelled on 03-07, before it.
+    tables = _with_history([(1, "cancelled", "2024-03-09 10:00"), (2, "cancelled", "2024-03-07 09:00")])
+    built = build_features(tables, DAY, **PARAMS, holdout_days=3)
+    cutoff = _t("2024-03-08 00:00")
+    split = time_split(built["interactions"], DAY, holdout_days=3)
+    assert split.cutoff == cutoff
+    trained_on = set(split.train.column("order_id").to_pylist())
+    assert 1 in trained_on, "cancelled after the cutoff: still a purchase as of the cutoff"
+    assert 2 not in trained_on, "cancelled before the cutoff: not a purchase as of the cutoff"
+    assert 11 in trained_on and 4 not in trained_on
+    # The holdout and serving use today's state: order 1 is gone from the user's current history.
+    users = {r["customer_id"]: r["history"] for r in built["users"].to_pylist()}
+    assert users[1] == [5, 20]  # orders 3 and 10 only; 1 and 2 are cancelled now
+    assert histories_as_of(built["interactions"], cutoff, 20)[1].tolist() == [10, 20]  # order 1, as of the cutoff
+    assert set(purchases_as_of(built["interactions"], cutoff).column("order_id").to_pylist()) >= {1}
+
+
+def test_an_order_reinstated_then_cancelled_again_counts_from_the_last_cancellation():
+    from ecom_ml.features.recommender import removal_times
+
+    tables = _with_history([(1, "cancelled", "2024-03-02 00:00"), (1, "paid", "2024-03-03 00:00"),
+                            (1, "cancelled", "2024-03-09 00:00"), (6, "cancelled", "2024-03-09 12:00")])
+    removed = {r["order_id"]: r["removed_at"] for r in removal_times(tables).to_pylist()}
+    assert removed[1] == _t("2024-03-09 00:00") and removed[6] == _t("2024-03-09 12:00")
+    assert 2 not in removed and removed[4] == _t("2024-03-08 00:00")

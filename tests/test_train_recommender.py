@@ -102,3 +102,77 @@ def test_first_model_is_promoted_then_a_worse_candidate_is_blocked(pipeline, mon
     assert "no_regression_vs_champion" in failed, failed
     versions = [e for e in registry.history("recommender")]
     assert versions and versions[-1]["version"] == champion.version
+
+
+def test_one_split_setting_reaches_trainer_and_evaluator(pipeline, monkeypatch):
+    """Variables set once (a 31-day holdout) give the same cutoff in the features, the trainer's
+    return.json and the evaluation; nothing falls back to a default of its own."""
+    monkeypatch.setenv("AIRFLOW_VAR_ECOM_RECOMMENDER_WINDOW_DAYS", str(DAYS))
+    monkeypatch.setenv("AIRFLOW_VAR_ECOM_RECOMMENDER_HOLDOUT_DAYS", "31")
+    monkeypatch.setenv("AIRFLOW_VAR_ECOM_RECOMMENDER_HISTORY_LEN", "12")
+    dag = _dag(monkeypatch, pipeline)
+    run = dag.test(run_conf={"day": LAST.isoformat()})
+    states = _states(run)
+    assert states["evaluate"] == "success", states
+    holdout_start = datetime.combine(LAST - timedelta(days=30), datetime.min.time(), tzinfo=timezone.utc)
+    built, trained, evaluation = _xcom(run, "features"), _xcom(run, "train"), _xcom(run, "evaluate")
+    assert built["split"]["holdout_days"] == 31 and built["split"]["history_len"] == 12
+    assert datetime.fromisoformat(built["split"]["holdout_start"]) == holdout_start
+    assert datetime.fromisoformat(trained["features"]["cutoff"]) == holdout_start
+    assert trained["features"]["holdout_days"] == 31 and trained["params"]["history_len"] == 12
+    assert datetime.fromisoformat(evaluation["holdout_start"]) == holdout_start and evaluation["holdout_days"] == 31
+
+
+def test_a_candidate_trained_into_the_holdout_is_refused(pipeline, monkeypatch, tmp_path):
+    """The real trainer run by hand with a 1-day holdout on features built for 7: the evaluator sees
+    from the candidate's own return.json that it trained on six of the holdout's days."""
+    import subprocess
+    import sys
+
+    from ecom_ml.training.steps import LeakedHoldout, TrainingSettings, build_features, evaluate
+
+    for key, value in pipeline.items():
+        monkeypatch.setenv(key, value)
+    lake_root = pipeline["ECOM_LAKE_ROOT"]
+    cfg = TrainingSettings(lake_root=lake_root, window_days=28, holdout_days=7)
+    build_features("recommender", cfg, LAST, "leak-test")
+    out = tmp_path / "leaked"
+    done = subprocess.run([sys.executable, "-m", "ecom_ml.train", "--model", "recommender", "--features", lake_root,
+                           "--day", LAST.isoformat(), "--out", out.as_uri(), "--holdout-days", "1", "--epochs", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    trained = json.loads((out / "return.json").read_text())
+    with pytest.raises(LeakedHoldout) as info:
+        evaluate("recommender", lake_root, LAST, {**trained, "out_uri": out.as_uri()})
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"trained on data up to {LAST.isoformat()}" in message
+    assert f"holdout starts {(LAST - timedelta(days=6)).isoformat()}" in message
+    assert not (out / "evaluation.json").exists(), "a refused candidate is never scored"
+
+
+def test_a_champion_that_saw_todays_holdout_is_not_the_regression_reference(pipeline, monkeypatch):
+    """Training an older day (a backfill) while the champion was trained on later data: the
+    regression check reads n/a with the reason instead of comparing against a flattered figure."""
+    from ecom_ml import registry
+
+    dag = _dag(monkeypatch, pipeline)
+    if registry.champion("recommender", download=False) is None:
+        assert str(dag.test(run_conf={"day": LAST.isoformat()}).state) == "success"
+    champion = registry.champion("recommender")
+    from ecom_ml.models import training_cutoff
+
+    # A day whose 7-day holdout starts before the champion's training cutoff.
+    older = training_cutoff(champion.path).date() + timedelta(days=2)
+    assert START + timedelta(days=8) <= older <= LAST
+    run = dag.test(run_conf={"day": older.isoformat()})
+    evaluation = _xcom(run, "evaluate")
+    assert "champion" not in evaluation
+    reason = evaluation["champion_unusable"]["reason"]
+    assert reason.startswith(f"champion v{champion.version}: it was trained on data up to ")
+    assert f"overlaps today's holdout from {(older - timedelta(days=6)).isoformat()}" in reason
+    out = Path(_xcom(run, "features")["out_uri"].removeprefix("file://"))
+    report = json.loads((out / "gate_report.json").read_text())
+    check = next(c for c in report["checks"] if c["name"] == "no_regression_vs_champion")
+    assert check["applicable"] is False and check["detail"] == reason
+    assert "Champion not compared (n/a)" in (out / "gate_report.md").read_text()

@@ -43,6 +43,7 @@ from ecom_ml.errors import EcomError
 _REQUIRED_KEYS = ("model", "primary_metric", "baseline_margin", "champion_tolerance", "slices",
                   "max_model_bytes", "max_p99_ms")
 _OPTIONAL_KEYS = {"higher_is_better": True}
+NO_CHAMPION = "no champion yet (first model)"
 
 
 class GateConfigError(EcomError):
@@ -405,7 +406,11 @@ class GateReport:
                     cells.append(format_number(values.get(key)))
             lines.append(f"| {_md(key)} | " + " | ".join(cells) + " |")
         if self.champion is None:
-            lines += ["", "_No champion yet: this would be the first promoted version._"]
+            note = next((c.detail for c in self.checks if c.name == "no_regression_vs_champion"), "")
+            if note.startswith(NO_CHAMPION):
+                lines += ["", "_No champion yet: this would be the first promoted version._"]
+            else:
+                lines += ["", f"_Champion not compared (n/a): {_md(note)}._"]
         return "\n".join(lines) + "\n"
 
 
@@ -453,10 +458,13 @@ def evaluate_gate(
     candidate: Mapping[str, Any],
     champion: Mapping[str, Any] | None,
     baselines: Mapping[str, Mapping[str, Any]],
+    champion_unusable: str | None = None,
 ) -> GateReport:
     """Run every check of ``config`` on the candidate's evaluation result; see the module docstring.
 
     ``config`` may also be a model name (packaged YAML) or a path to a YAML file.
+    ``champion_unusable`` says why there is a champion but no comparable result for it (e.g. it was
+    trained on days of today's holdout): the regression check then reads "n/a" with that reason.
     """
     cfg = config if isinstance(config, GateConfig) else GateConfig.load(config)
     candidate = _check_mapping("candidate", candidate)
@@ -503,8 +511,9 @@ def evaluate_gate(
 
     # -- champion ------------------------------------------------------------------------------------
     if champion is None:
+        why = champion_unusable or f"{NO_CHAMPION}: not applicable"
         checks.append(Check("no_regression_vs_champion", None, cand_primary, None, best_value, True,
-                            "no champion yet (first model): not applicable", primary, better, applicable=False))
+                            why, primary, better, applicable=False))
     else:
         champ_value, champ_problem = _lookup(champion, primary)
         factor = (1 - cfg.champion_tolerance) if higher else (1 + cfg.champion_tolerance)

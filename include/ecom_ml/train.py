@@ -76,8 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     tuning.add_argument("--batch-size", type=int, help="examples per step (and in-batch negatives per example)")
     tuning.add_argument("--embedding-dim", type=int, help="tower output / embedding width")
     tuning.add_argument("--hidden-dim", type=int, help="hidden layer width of each tower")
-    tuning.add_argument("--history-len", type=int, help="most recent distinct products per history")
-    tuning.add_argument("--holdout-days", type=int, help="days before --day held out for evaluation (0: none)")
+    tuning.add_argument("--history-len", type=int,
+                        help="most recent distinct products per history (default: the features' value)")
+    tuning.add_argument("--holdout-days", type=int,
+                        help="days up to --day held out for evaluation, 0: none (default: the features' value)")
     tuning.add_argument("--learning-rate", type=float, help="Adam learning rate")
     tuning.add_argument("--temperature", type=float, help="softmax temperature of the scores")
     tuning.add_argument("--id-dropout", type=float, help="share of examples trained as an unknown customer")

@@ -39,7 +39,7 @@ import pyarrow.compute as pc
 
 from ecom_ml.errors import EcomError
 from ecom_ml.evaluation.metrics import hit_matrix, mean_metrics
-from ecom_ml.features.recommender import day_start, histories_as_of
+from ecom_ml.features.recommender import current_purchases, day_start, histories_as_of, purchases_as_of
 
 #: Share of training interactions the head items hold together.
 HEAD_SHARE = 0.5
@@ -87,7 +87,8 @@ class Split:
 
 
 def time_split(interactions: pa.Table, end_day: date, holdout_days: int = 7) -> Split:
-    """Hold out the ``holdout_days`` days ending with ``end_day`` (inclusive, UTC days); train = all before."""
+    """Hold out the ``holdout_days`` days ending with ``end_day`` (inclusive, UTC days); train = all before,
+    as of the cutoff where the interactions say when an order was cancelled (``removed_at``)."""
     if holdout_days < 1:
         raise EvaluationError(f"holdout_days must be >= 1, got {holdout_days}")
     cutoff = day_start(end_day - timedelta(days=holdout_days - 1))
@@ -95,6 +96,10 @@ def time_split(interactions: pa.Table, end_day: date, holdout_days: int = 7) -> 
     ts = interactions.column("ts").cast(_TS)
     train = interactions.filter(pc.less(ts, pa.scalar(cutoff, _TS)))
     test = interactions.filter(pc.and_(pc.greater_equal(ts, pa.scalar(cutoff, _TS)), pc.less(ts, pa.scalar(end, _TS))))
+    if "removed_at" in interactions.column_names:
+        # Training sees each order as it stood at the cutoff (a later cancellation is the future);
+        # the holdout is judged by today's state (a cancelled order was not a purchase).
+        train, test = purchases_as_of(train, cutoff), current_purchases(test)
     return Split(train=train, test=test, cutoff=cutoff, end=end)
 
 

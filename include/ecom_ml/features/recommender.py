@@ -8,11 +8,17 @@ window end). A feature computed twice drifts; computed once, training and scorin
 Choices, and why:
 
 * **What counts as an interaction.** One order line of an order that has a customer and is neither
-  ``cancelled`` nor ``refunded`` in its *current* state. A cancelled order is a purchase that did not
-  happen, and a refunded one (in this shop: partly returned) a purchase the customer regretted at
-  least in part; neither should teach the model "this customer wants this". Guest orders have no one
-  to recommend to. The current state comes from ``ecom_ml.ingest.current``, so a cancellation that
-  arrives days later removes the lines here on the next run.
+  ``cancelled`` nor ``refunded``. A cancelled order is a purchase that did not happen, and a refunded
+  one (in this shop: partly returned) a purchase the customer regretted at least in part; neither
+  should teach the model "this customer wants this". Guest orders have no one to recommend to.
+* **As of when.** Every line of a customer's order in the window is kept, with ``removed_at``: the
+  moment the order entered the cancelled/refunded state it is in now (null while it is a purchase),
+  from the order versions ``ecom_ml.ingest.current`` returns. A reader at moment *t* counts a line
+  when ``removed_at`` is null or after *t* (:func:`purchases_as_of`): training up to a cutoff sees
+  an order cancelled *after* the cutoff as the purchase it still was then (no information from the
+  future), while the holdout, the serving histories and popularity use today's state
+  (:func:`current_purchases`), so a cancellation that arrives days later removes the lines there on
+  the next run.
 * **Window.** ``[day - window_days + 1, day]`` in whole UTC days: start at 00:00 UTC of the first day,
   end (exclusive) at 00:00 UTC of ``day + 1``. Everything is relative to that end, so rebuilding a
   day gives identical tables (and an identical lake version).
@@ -48,7 +54,7 @@ PRICE_BANDS = 5
 #: An item's ``popularity`` counts its interactions in this many days before the window end.
 POPULARITY_DAYS = 30
 #: Bumped when a feature's definition changes, so stored features say which definition made them.
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2  # 2: interactions carry removed_at; params carry holdout_days
 #: Schema-metadata key carrying the parameters on every table ``build_features`` returns.
 METADATA_KEY = b"ecom_ml.features.recommender"
 
@@ -64,6 +70,7 @@ INTERACTIONS_SCHEMA = pa.schema(
         pa.field("quantity", pa.int32(), nullable=False),
         pa.field("weight", pa.float32(), nullable=False),
         pa.field("order_id", pa.int64(), nullable=False),  # beyond the brief: lets n_orders and baskets be derived
+        pa.field("removed_at", _TS, nullable=True),  # when the order was cancelled/refunded; null: a purchase
     ]
 )
 ITEMS_SCHEMA = pa.schema(
@@ -108,11 +115,17 @@ class FeatureParams:
     window_days: int = 90
     history_len: int = 20
     half_life_days: float = 30.0
+    #: Days at the end of the window that evaluation holds out: the one split setting that the
+    #: trainer and the evaluator read from here, so they cannot disagree.
+    holdout_days: int = 7
     version: int = FEATURE_VERSION
 
     def __post_init__(self) -> None:
         if self.window_days < 1:
             raise FeatureError(f"window_days must be >= 1, got {self.window_days}")
+        if not 1 <= self.holdout_days < self.window_days:
+            raise FeatureError(f"holdout_days must be from 1 to window_days - 1 ({self.window_days - 1}), "
+                               f"got {self.holdout_days}: the days before the holdout are what a model trains on")
         if self.history_len < 1:
             raise FeatureError(f"history_len must be >= 1, got {self.history_len}")
         if not self.half_life_days > 0:
@@ -128,11 +141,17 @@ class FeatureParams:
         """End of the window, exclusive (00:00 UTC of the day after ``day``)."""
         return day_start(self.day + timedelta(days=1))
 
+    @property
+    def holdout_start(self) -> datetime:
+        """First instant of the evaluation holdout: models are trained on what is strictly before."""
+        return day_start(self.day - timedelta(days=self.holdout_days - 1))
+
     def to_dict(self) -> dict[str, Any]:
         doc = asdict(self)
         doc["day"] = self.day.isoformat()
         doc["window_start"] = self.start.isoformat()
         doc["window_end"] = self.end.isoformat()
+        doc["holdout_start"] = self.holdout_start.isoformat()
         return doc
 
     @classmethod
@@ -142,6 +161,8 @@ class FeatureParams:
             window_days=int(doc["window_days"]),
             history_len=int(doc["history_len"]),
             half_life_days=float(doc["half_life_days"]),
+            # Features of version 1 predate the setting; 7 was the trainer's fixed default then.
+            holdout_days=int(doc.get("holdout_days", 7)),
             version=int(doc.get("version", FEATURE_VERSION)),
         )
 
@@ -231,13 +252,16 @@ class Histories(Mapping[int, np.ndarray]):
 
 
 def histories_as_of(interactions: pa.Table, cutoff: datetime, history_len: int) -> Histories:
-    """Each customer's last ``history_len`` distinct products bought strictly before ``cutoff``.
+    """Each customer's last ``history_len`` distinct products bought strictly before ``cutoff``,
+    as the orders stood at ``cutoff`` (a line cancelled later still counts, one cancelled before not).
 
     The one history function: serving features use it at the window end, training and evaluation at
     their cutoffs, so a model is scored on exactly the inputs it will see in production.
     """
     if history_len < 1:
         raise FeatureError(f"history_len must be >= 1, got {history_len}")
+    if "removed_at" in interactions.column_names:
+        interactions = purchases_as_of(interactions, cutoff)
     customers = _numpy(interactions, "customer_id")
     products = _numpy(interactions, "product_id")
     ts = _numpy(interactions, "ts")
@@ -272,16 +296,64 @@ def rank_in_runs(keys: np.ndarray) -> np.ndarray:
 # -- the feature build ------------------------------------------------------------------------------
 
 
+def removal_times(tables: Mapping[str, pa.Table]) -> pa.Table:
+    """``order_id`` -> ``removed_at``: when each order entered the excluded state it is in now.
+
+    From ``order_history`` (every version seen): the ``updated_at`` of the first version of the
+    final run of excluded versions, so an order cancelled, reinstated and cancelled again counts as
+    removed from the last cancellation on. Without ``order_history`` the current row's
+    ``updated_at`` is the best knowledge of the moment. Orders that are purchases now are absent.
+    """
+    source = tables.get("order_history")
+    if source is None:
+        source = tables["orders"].select([c for c in ("order_id", "status", "updated_at")
+                                          if c in tables["orders"].column_names])
+        if "updated_at" not in source.column_names:
+            source = source.append_column("updated_at", tables["orders"].column("created_at"))
+    history = pa.table({
+        "order_id": source.column("order_id").cast(pa.int64()),
+        "excluded": pc.is_in(source.column("status"), pa.array(EXCLUDED_STATUSES)),
+        "updated_at": source.column("updated_at").cast(_TS),
+    }).sort_by([("order_id", "ascending"), ("updated_at", "ascending")])
+    ids = history.column("order_id").to_numpy()
+    excluded = history.column("excluded").to_numpy(zero_copy_only=False).astype(bool)
+    stamps = _numpy(history, "updated_at")
+    if len(ids) == 0:
+        return pa.table({"order_id": pa.array([], pa.int64()), "removed_at": pa.array([], _TS)})
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    ends = np.r_[starts[1:], len(ids)]
+    # Index of each order's last version that was a purchase (-1 if none): the final excluded run
+    # starts right after it.
+    last_ok = np.maximum.reduceat(np.where(excluded, -1, np.arange(len(ids))), starts)
+    run_start = np.where(last_ok < starts, starts, last_ok + 1)
+    removed = run_start < ends  # the current (last) version is excluded
+    return pa.table({
+        "order_id": pa.array(ids[starts[removed]], pa.int64()),
+        "removed_at": pa.array(stamps[run_start[removed]], pa.int64()).cast(_TS),
+    })
+
+
+def purchases_as_of(interactions: pa.Table, moment: datetime) -> pa.Table:
+    """The lines that were purchases at ``moment``: not (yet) cancelled or refunded then."""
+    removed = interactions.column("removed_at")
+    return interactions.filter(pc.or_kleene(pc.is_null(removed), pc.greater_equal(removed, pa.scalar(moment, _TS))))
+
+
+def current_purchases(interactions: pa.Table) -> pa.Table:
+    """The lines that are purchases in today's state of the orders."""
+    return interactions.filter(pc.is_null(interactions.column("removed_at")))
+
+
 def interactions_from_orders(
     tables: Mapping[str, pa.Table], start: datetime, end: datetime, half_life_days: float
 ) -> pa.Table:
-    """Purchased order lines created in ``[start, end)`` (see module doc), weighted by recency from ``end``."""
+    """Customers' order lines created in ``[start, end)`` with ``removed_at`` (see module doc),
+    weighted by recency from ``end``."""
     _require(tables, ("orders", "order_items"))
     orders = tables["orders"]
     created = orders.column("created_at").cast(_TS)
-    purchased = pc.invert(pc.is_in(orders.column("status"), pa.array(EXCLUDED_STATUSES)))
     in_window = pc.and_(pc.greater_equal(created, pa.scalar(start, _TS)), pc.less(created, pa.scalar(end, _TS)))
-    mask = pc.and_(pc.and_(pc.is_valid(orders.column("customer_id")), purchased), in_window)
+    mask = pc.and_(pc.is_valid(orders.column("customer_id")), in_window)
     kept = pa.table(
         {
             "order_id": orders.column("order_id").cast(pa.int64()),
@@ -289,6 +361,7 @@ def interactions_from_orders(
             "ts": created,
         }
     ).filter(mask)
+    kept = kept.join(removal_times(tables), keys="order_id", join_type="left outer")
     lines = tables["order_items"]
     lines = pa.table(
         {
@@ -311,6 +384,7 @@ def interactions_from_orders(
             joined.column("quantity"),
             pa.array(weight, pa.float32()),
             joined.column("order_id"),
+            joined.column("removed_at").cast(_TS),
         ],
         schema=INTERACTIONS_SCHEMA,
     )
@@ -396,20 +470,23 @@ def build_features(
     window_days: int = 90,
     history_len: int = 20,
     half_life_days: float = 30.0,
+    holdout_days: int = 7,
 ) -> dict[str, pa.Table]:
     """``interactions``, ``items`` and ``users`` over the window ending with ``day`` (see module doc).
 
-    ``tables`` are the current-state tables of ``ecom_ml.ingest.current.current_orders`` (orders,
-    order_items, products; customers is not needed). Every returned table carries the parameters in
-    its schema metadata (``feature_params`` reads them back).
+    ``tables`` are the tables of ``ecom_ml.ingest.current.current_orders`` (orders, order_items,
+    products, and ``order_history`` for the as-of-cutoff view; customers is not needed). Every
+    returned table carries the parameters, ``holdout_days`` included, in its schema metadata
+    (``feature_params`` reads them back). ``items`` and ``users`` (serving) use today's state.
     """
-    params = FeatureParams(day, window_days, history_len, half_life_days)
+    params = FeatureParams(day, window_days, history_len, half_life_days, holdout_days)
     _require(tables, ("orders", "order_items", "products"))
     interactions = interactions_from_orders(tables, params.start, params.end, half_life_days)
+    purchases = current_purchases(interactions)
     features = {
         "interactions": interactions,
-        "items": _items(interactions, tables["products"], params.end),
-        "users": _users(interactions, params.end, history_len),
+        "items": _items(purchases, tables["products"], params.end),
+        "users": _users(purchases, params.end, history_len),
     }
     meta = {METADATA_KEY: json.dumps(params.to_dict(), sort_keys=True).encode()}
     return {name: table.replace_schema_metadata(meta) for name, table in features.items()}

@@ -3,6 +3,11 @@
 Partitions are change captures (see ``ecom_ml.ingest.extract``): an order cancelled five days after
 it was placed appears in two partitions. Every reader of the lake that wants "the orders" goes
 through here, so the rule "latest ``updated_at`` wins, then the later partition" lives in one place.
+
+Beside the current state it returns ``order_history``: every version of every order seen in the
+window (``order_id``, ``status``, ``updated_at``), so a reader can see an order *as it was* at an
+earlier moment — a model trained up to a cutoff must see an order cancelled after the cutoff as the
+purchase it still was then (``ecom_ml.features.recommender`` turns this into ``removed_at``).
 """
 
 from __future__ import annotations
@@ -33,8 +38,12 @@ def _latest(table: pa.Table, key: str) -> pa.Table:
     return ordered.filter(pa.array(last))
 
 
+HISTORY_COLUMNS = ("order_id", "status", "updated_at")
+
+
 def current_orders(lake: Lake, first: date, last: date) -> dict[str, pa.Table]:
-    """Orders, lines, customers and products as of the newest validated partition in [first, last]."""
+    """Orders, lines, customers and products as of the newest validated partition in [first, last],
+    and ``order_history``: each distinct (order, status, updated_at) version seen, sorted."""
     import pyarrow as pa
 
     from ecom_ml.ingest.schema import arrow_schema
@@ -49,6 +58,10 @@ def current_orders(lake: Lake, first: date, last: date) -> dict[str, pa.Table]:
         schema = arrow_schema(name).append(pa.field(_PART, pa.int32()))
         merged[name] = pa.concat_tables(tables).cast(schema) if tables else schema.empty_table()
     orders = _latest(merged["orders"], "order_id")
+    history = merged["orders"].select(list(HISTORY_COLUMNS))
+    if history.num_rows:
+        history = history.group_by(list(HISTORY_COLUMNS), use_threads=False).aggregate([])
+        history = history.select(list(HISTORY_COLUMNS)).sort_by([(c, "ascending") for c in HISTORY_COLUMNS])
     items = merged["order_items"].join(orders.select(["order_id", _PART]), keys=["order_id", _PART], join_type="inner")
     items = items.sort_by([("order_id", "ascending"), ("line_no", "ascending"), ("order_item_id", "ascending")])
     return {
@@ -56,6 +69,7 @@ def current_orders(lake: Lake, first: date, last: date) -> dict[str, pa.Table]:
         "order_items": items.select([f.name for f in arrow_schema("order_items")]),
         "customers": _latest(merged["customers"], "customer_id").drop_columns([_PART]),
         "products": _latest(merged["products"], "product_id").drop_columns([_PART]),
+        "order_history": history,
     }
 
 

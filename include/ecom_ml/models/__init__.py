@@ -191,6 +191,25 @@ def write_text(uri: str, text: str) -> None:
     target.write_text(text)
 
 
+def training_cutoff(model_dir: str | Path) -> Any:
+    """The training cutoff a model folder records (``model.json`` ``cutoff``: it was trained on data
+    strictly before it), as an aware datetime; None when the folder does not say.
+
+    Every model kind writes ``model.json`` with ``cutoff``, so evaluation can tell whether a model
+    has seen the days it would be scored on without knowing the kind.
+    """
+    import json
+    from datetime import datetime, timezone
+
+    folder = fetch_dir(str(model_dir))
+    try:
+        meta = json.loads((folder / "model.json").read_text())
+        moment = datetime.fromisoformat(str(meta["cutoff"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
 def dir_size(path: Path) -> int:
     """Total bytes of the files under ``path``."""
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

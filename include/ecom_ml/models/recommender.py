@@ -8,7 +8,10 @@
 How training data is made, and why
 
 * **Split.** ``time_split`` of the features' interactions at ``day`` with ``holdout_days``: the model
-  learns from the interactions before the cutoff only, so the evaluator's holdout is unseen.
+  learns from the interactions before the cutoff only, each order as it stood at the cutoff, so the
+  evaluator's holdout is unseen. ``holdout_days`` and ``history_len`` default to the values the
+  features were built with (their manifest/metadata, set once by the Variables
+  ``ecom_recommender_holdout_days`` / ``…_history_len``): trainer and evaluator read one split.
   ``holdout_days=0`` trains on everything (a final refit; such a model must not be evaluated on the
   same days).
 * **Examples.** Every training interaction is one positive ``(customer, product)`` pair, weighted by
@@ -89,14 +92,16 @@ class TrainParams:
     batch_size: int = 1024
     embedding_dim: int = 64
     hidden_dim: int = 256
-    history_len: int = 20
+    #: None: the features' own value (their ``feature_params``), so one setting drives everything.
+    history_len: int | None = None
     learning_rate: float = 2e-3
-    holdout_days: int = 7
+    holdout_days: int | None = None
     temperature: float = 0.25
     id_dropout: float = 0.1
     pooling: str = "attention"
     seed: int = 0
 
+    _FROM_FEATURES: ClassVar[tuple[str, ...]] = ("history_len", "holdout_days")
     _LIMITS: ClassVar[dict[str, tuple[int, int]]] = {
         "epochs": (1, 10_000),
         "batch_size": (2, 1_000_000),  # in-batch negatives need at least one other row
@@ -110,6 +115,8 @@ class TrainParams:
     def __post_init__(self) -> None:
         for name, (low, high) in self._LIMITS.items():
             value = getattr(self, name)
+            if value is None and name in self._FROM_FEATURES:
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise RecommenderError(
                     f"--{name.replace('_', '-')} {value!r}: must be a whole number from {low} to {high:,}"
@@ -135,6 +142,13 @@ class TrainParams:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def with_features(self, history_len: int, holdout_days: int) -> TrainParams:
+        """These parameters with the split settings the features carry filled in where not given."""
+        from dataclasses import replace
+
+        return replace(self, history_len=self.history_len if self.history_len is not None else history_len,
+                       holdout_days=self.holdout_days if self.holdout_days is not None else holdout_days)
 
 
 # -- features ------------------------------------------------------------------------------------------
@@ -252,7 +266,9 @@ def split_train(interactions: Any, day: date, holdout_days: int) -> tuple[Any, d
     from ecom_ml.features.recommender import day_start
 
     if holdout_days == 0:
-        return interactions, day_start(day + timedelta(days=1)), 0
+        from ecom_ml.features.recommender import current_purchases
+
+        return current_purchases(interactions), day_start(day + timedelta(days=1)), 0
     from ecom_ml.evaluation.protocol import time_split
 
     split = time_split(interactions, day, holdout_days=holdout_days)
@@ -319,8 +335,22 @@ def purchase_counts(train: Any, vocab: Vocab) -> tuple[np.ndarray, np.ndarray]:
     return unique[repeated], counts[repeated].astype(np.int32)
 
 
+def resolve_params(features: dict[str, Any], params: TrainParams) -> TrainParams:
+    """``params`` with ``history_len``/``holdout_days`` taken from the features where not given."""
+    if params.history_len is not None and params.holdout_days is not None:
+        return params
+    from ecom_ml.features.recommender import FeatureError, feature_params
+
+    try:
+        built = feature_params(features)
+    except FeatureError as exc:
+        raise RecommenderError(f"cannot tell the holdout and history length: {exc}") from None
+    return params.with_features(history_len=built.history_len, holdout_days=built.holdout_days)
+
+
 def prepare(features: dict[str, Any], day: date, params: TrainParams) -> TrainingData:
     """Training examples, vocabularies and catalogue tables from the day's features (see module doc)."""
+    params = resolve_params(features, params)
     for name in ("interactions", "items"):
         if name not in features:
             raise RecommenderError(f"the features have no {name!r} table (found: {', '.join(sorted(features))})")
@@ -425,7 +455,7 @@ def fit(data: TrainingData, params: TrainParams, log: Any = None) -> tuple[Any, 
         n_categories=max(len(data.categories), 1),
         embedding_dim=params.embedding_dim,
         hidden_dim=params.hidden_dim,
-        history_len=params.history_len,
+        history_len=int(data.x["history"].shape[1]),  # what prepare() built, from the features if not given
         temperature=params.temperature,
         pooling=params.pooling,
         learning_rate=params.learning_rate,
@@ -488,6 +518,7 @@ def train(request: TrainRequest) -> dict[str, Any]:
     root, day = resolve_features(request.features, request.day)
     features = read_training_features(root, day)
     read_s = time.perf_counter() - started
+    params = resolve_params(features, params)
 
     t = time.perf_counter()
     data = prepare(features, day, params)

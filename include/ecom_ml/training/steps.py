@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 from typing import Any, Protocol
 
 from ecom_ml.errors import EcomError
@@ -26,38 +26,64 @@ class GateFailed(EcomError):
     """The candidate did not pass its gate; the report is stored with its model version."""
 
 
+#: Training settings by name: (default, lowest, highest). Set once, as Airflow Variables
+#: ``ecom_<model>_<name>``; the features task stores them in the features manifest, and the trainer
+#: and the evaluator read them from there, so they cannot disagree.
+SETTING_RANGES: dict[str, tuple[int, int, int]] = {
+    "window_days": (90, 2, 3660),
+    "holdout_days": (7, 1, 366),
+    "history_len": (20, 1, 1000),
+}
+
+
 @dataclass(frozen=True)
 class TrainingSettings:
     lake_root: str
-    window_days: int = 90
-    holdout_days: int = 7
-    history_len: int = 20
+    window_days: int = SETTING_RANGES["window_days"][0]
+    holdout_days: int = SETTING_RANGES["holdout_days"][0]
+    history_len: int = SETTING_RANGES["history_len"][0]
 
     @classmethod
-    def from_airflow(cls) -> TrainingSettings:
-        """Lake root as for ingestion; window and holdout from Variables (`ecom_<model>_window_days`…)."""
+    def from_airflow(cls, model: str = "recommender") -> TrainingSettings:
+        """Lake root as for ingestion; window, holdout and history length from the Variables
+        ``ecom_<model>_window_days`` / ``…_holdout_days`` / ``…_history_len`` (defaults above).
+
+        A value that is not a whole number, is out of range, or leaves no day to train on before the
+        holdout is one line naming the Variable.
+        """
         from airflow.sdk import Variable
 
         from ecom_ml import settings
 
-        def number(name: str, default: int) -> int:
+        def number(key: str) -> int:
+            default, low, high = SETTING_RANGES[key]
+            name = f"ecom_{model}_{key}"
             raw = Variable.get(name, default=None)
             if raw in (None, ""):
                 return default
             try:
-                value = int(raw)
+                value = int(str(raw).strip())
             except ValueError:
-                raise EcomError(f"Airflow Variable {name}={raw!r} is not an integer") from None
-            if value < 1:
-                raise EcomError(f"Airflow Variable {name}={raw!r} must be at least 1")
+                raise EcomError(f"Airflow Variable {name}={raw!r} is not a whole number") from None
+            if not low <= value <= high:
+                raise EcomError(f"Airflow Variable {name}={raw!r} is out of range: must be from {low} to {high}")
             return value
 
+        window, holdout = number("window_days"), number("holdout_days")
+        if holdout >= window:
+            raise EcomError(f"Airflow Variable ecom_{model}_holdout_days={holdout} must be less than "
+                            f"ecom_{model}_window_days={window}: the days before the holdout are what a model "
+                            f"trains on")
         return cls(
             lake_root=Variable.get("ecom_lake_root", default=None) or settings.load().lake_root,
-            window_days=number("ecom_recommender_window_days", 90),
-            holdout_days=number("ecom_recommender_holdout_days", 7),
-            history_len=number("ecom_recommender_history_len", 20),
+            window_days=window,
+            holdout_days=holdout,
+            history_len=number("history_len"),
         )
+
+
+class LeakedHoldout(EcomError):
+    """A candidate was trained on days that its evaluation holds out; it must never be scored."""
 
 
 def resolve_day(param_day: str | None, asset_events: list[dict[str, Any]], data_interval_end: datetime | None) -> date:
@@ -83,8 +109,11 @@ class ModelSteps(Protocol):
 
     def build_features(self, lake: Lake, day: date, cfg: TrainingSettings) -> dict[str, Any]: ...
 
-    def evaluate(self, lake: Lake, day: date, cfg: TrainingSettings, candidate_dir: str,
-                 champion_dir: str | None) -> dict[str, Any]: ...
+    def holdout_start(self, lake: Lake, day: date) -> datetime:
+        """Where the evaluation holdout of ``day``'s stored features begins (from their manifest)."""
+        ...
+
+    def evaluate(self, lake: Lake, day: date, candidate_dir: str, champion_dir: str | None) -> dict[str, Any]: ...
 
 
 class RecommenderSteps:
@@ -98,23 +127,40 @@ class RecommenderSteps:
         tables = current_orders(lake, first, last)
         if tables["orders"].num_rows == 0:
             raise EcomError(f"no validated orders between {first} and {last} under {lake.root}: run orders_ingest first")
-        features = build_features(tables, day, window_days=cfg.window_days, history_len=cfg.history_len)
+        features = build_features(tables, day, window_days=cfg.window_days, history_len=cfg.history_len,
+                                  holdout_days=cfg.holdout_days)
         manifest = write_features(lake, day, features)
-        return {"rows": manifest.rows, "window": [first.isoformat(), last.isoformat()]}
+        params = manifest.extra[self.name]
+        return {"rows": manifest.rows, "window": [first.isoformat(), last.isoformat()],
+                "split": {key: params[key] for key in ("window_days", "holdout_days", "history_len",
+                                                       "holdout_start")}}
 
-    def evaluate(self, lake: Lake, day: date, cfg: TrainingSettings, candidate_dir: str,
-                 champion_dir: str | None) -> dict[str, Any]:
-        """Candidate, champion and baselines on one time-based holdout, plus serving cost."""
+    def _params(self, lake: Lake, day: date) -> Any:
+        from ecom_ml.features.recommender import DATASET, FeatureParams
+        from ecom_ml.lake import FEATURES
+
+        manifest = lake.manifest(FEATURES, DATASET, day)
+        if manifest is None or self.name not in manifest.extra:
+            raise EcomError(f"no {self.name} features for {day} under {lake.root}: run the features task first")
+        return FeatureParams.from_dict(manifest.extra[self.name])
+
+    def holdout_start(self, lake: Lake, day: date) -> datetime:
+        return self._params(lake, day).holdout_start
+
+    def evaluate(self, lake: Lake, day: date, candidate_dir: str, champion_dir: str | None) -> dict[str, Any]:
+        """Candidate, champion and baselines on one time-based holdout, plus serving cost; the split
+        (holdout days, history length) is the one the features were built with."""
         import numpy as np
 
         from ecom_ml import models
         from ecom_ml.evaluation import (all_baselines, evaluate, measure_latency, model_size_bytes,
                                         prepare_holdout, single_requests, time_split)
-        from ecom_ml.features.recommender import read_features
+        from ecom_ml.features.recommender import feature_params, read_features
 
         features = read_features(lake, day)
-        split = time_split(features["interactions"], day, holdout_days=cfg.holdout_days)
-        holdout = prepare_holdout(split, history_len=cfg.history_len)
+        params = feature_params(features)
+        split = time_split(features["interactions"], day, holdout_days=params.holdout_days)
+        holdout = prepare_holdout(split, history_len=params.history_len)
         kind = models.get(self.name)
         candidate = kind.load(candidate_dir)
         contenders = {"candidate": candidate}
@@ -123,9 +169,10 @@ class RecommenderSteps:
         baselines = all_baselines(split.train)
 
         def score(recommender: Any) -> dict[str, Any]:
-            return evaluate(recommender, split, history_len=cfg.history_len, holdout=holdout).to_dict()
+            return evaluate(recommender, split, history_len=params.history_len, holdout=holdout).to_dict()
 
-        out: dict[str, Any] = {"day": day.isoformat(), "holdout_days": cfg.holdout_days,
+        out: dict[str, Any] = {"day": day.isoformat(), "holdout_days": params.holdout_days,
+                               "holdout_start": split.cutoff.isoformat(),
                                "baselines": {b.name: score(b) for b in baselines}}
         ids = np.asarray(holdout.customer_ids)[:200]
         histories = holdout.histories[: len(ids)]
@@ -160,16 +207,76 @@ def build_features(model: str, cfg: TrainingSettings, day: date, run_id: str) ->
     return {"day": day.isoformat(), "features_uri": cfg.lake_root, "out_uri": run_dir(cfg, model, day, run_id), **built}
 
 
-def evaluate(model: str, cfg: TrainingSettings, day: date, trained: dict[str, Any]) -> dict[str, Any]:
+def _cutoff(text: Any) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(str(text))
+    except (TypeError, ValueError):
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _day_text(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d") if moment.time() == datetime.min.time() else moment.strftime("%Y-%m-%d %H:%M")
+
+
+def check_not_leaked(model: str, day: date, trained: dict[str, Any], holdout_start: datetime) -> None:
+    """Refuse a candidate whose training data reaches into the holdout it is to be scored on.
+
+    The cutoff is the trainer's own record (``return.json`` ``features.cutoff``: it trained on what
+    is strictly before it), so a trainer run with another holdout — a stale Variable, a hand-run
+    ``--holdout-days``, a refit on everything — is caught whatever the reason.
+    """
+    cutoff = _cutoff((trained.get("features") or {}).get("cutoff"))
+    if cutoff is None:
+        raise LeakedHoldout(f"{model} {day}: the candidate's return.json names no training cutoff "
+                            f"(features.cutoff), so it cannot be shown not to overlap the holdout")
+    if cutoff > holdout_start:
+        raise LeakedHoldout(
+            f"{model} {day}: the candidate was trained on data up to {_day_text(cutoff)} but the evaluation "
+            f"holdout starts {_day_text(holdout_start)}: it has seen the days it would be scored on; "
+            f"refusing it (trainer and evaluator must use one holdout_days)")
+
+
+def champion_overlap(champion_dir: Any, holdout_start: datetime) -> str | None:
+    """Why the champion cannot be today's regression reference, or None when it can.
+
+    A champion trained on days of today's holdout (after a rollback, or when an older day is
+    re-run or backfilled) would be scored on data it has seen: its figure would flatter it and the
+    regression check would block honest candidates.
+    """
+    from ecom_ml.models import training_cutoff
+
+    cutoff = training_cutoff(champion_dir)
+    if cutoff is None:
+        return "its training cutoff is not recorded in its model.json, so overlap with the holdout cannot be ruled out"
+    if cutoff > holdout_start:
+        return (f"it was trained on data up to {_day_text(cutoff)}, which overlaps today's holdout from "
+                f"{_day_text(holdout_start)}")
+    return None
+
+
+def evaluate(model: str, lake_root: str, day: date, trained: dict[str, Any]) -> dict[str, Any]:
+    """Score the candidate, the champion (when comparable) and the baselines on the holdout the
+    features of ``day`` under ``lake_root`` were built with (no setting is read again here)."""
     from ecom_ml import registry
     from ecom_ml.models import write_text
 
+    lake = Lake(lake_root)
+    steps = steps_for(model)
+    holdout_start = steps.holdout_start(lake, day)
+    check_not_leaked(model, day, trained, holdout_start)
     champion = registry.champion(model)
-    evaluation = steps_for(model).evaluate(
-        Lake(cfg.lake_root), day, cfg, trained["model_uri"], str(champion.path) if champion else None
-    )
-    if champion is not None:
+    unusable = champion_overlap(champion.path, holdout_start) if champion is not None else None
+    evaluation = steps.evaluate(lake, day, trained["model_uri"],
+                                str(champion.path) if champion is not None and not unusable else None)
+    if champion is not None and not unusable:
         evaluation["champion"]["version"] = champion.version
+    elif champion is not None:
+        evaluation["champion_unusable"] = {"version": champion.version,
+                                           "reason": f"champion v{champion.version}: {unusable}"}
+        log.warning("%s %s: champion v%s is not today's regression reference: %s", model, day,
+                    champion.version, unusable)
+    evaluation["candidate_cutoff"] = (trained.get("features") or {}).get("cutoff")
     write_text(f"{trained['out_uri'].rstrip('/')}/evaluation.json", json.dumps(evaluation, indent=2, sort_keys=True))
     return evaluation
 
@@ -182,7 +289,8 @@ def gate_and_register(model: str, day: date, run_id: str, trained: dict[str, Any
     from ecom_ml.models import write_text
 
     report = evaluate_gate(GateConfig.load(model), evaluation["candidate"], evaluation.get("champion"),
-                           evaluation["baselines"])
+                           evaluation["baselines"],
+                           champion_unusable=(evaluation.get("champion_unusable") or {}).get("reason"))
     out = trained["out_uri"].rstrip("/")
     write_text(f"{out}/gate_report.json", report.to_json())
     write_text(f"{out}/gate_report.md", report.to_markdown())
