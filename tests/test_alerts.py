@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from aiosmtpd.controller import Controller
 
 from ecom_ml.generator import GeneratorConfig, generate, parse_injections
@@ -190,10 +191,26 @@ def test_a_run_stuck_past_the_decision_deadline_alerts_through_the_scheduler(rec
         done = stack.airflow("dags", "trigger", "orders_ingest", "--run-id", run_id,
                              "--logical-date", logical.isoformat(), "--conf", json.dumps({"day": "2024-01-15"}))
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        # Backfilled days have deadlines in the past by construction: they must get none at all
+        # (no callback workload per day holding executor slots), while the nightly run gets its own.
+        done = stack.airflow("backfill", "create", "--dag-id", "orders_ingest", "--from-date", "2024-01-01",
+                             "--to-date", "2024-01-05")
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         found = _wait_for(lambda: [p for p in posts if run_id in p["text"]], 150,
                           "no deadline alert reached the webhook")
+        engine = sa.create_engine(meta)
+        with engine.connect() as conn:
+            per_type = dict(conn.execute(sa.text(
+                """SELECT r.run_type, count(d.id) FROM dag_run r LEFT JOIN deadline d ON d.dagrun_id = r.id
+                   WHERE r.dag_id = 'orders_ingest' GROUP BY r.run_type""")).fetchall())
+            backfill_runs = conn.execute(sa.text(
+                "SELECT count(*) FROM dag_run WHERE dag_id = 'orders_ingest' AND run_type = 'backfill'")).scalar()
+        engine.dispose()
     finally:
         stack.stop()
+    assert backfill_runs == 5 and per_type.get("backfill") == 0, per_type
+    assert per_type.get("manual") == 1, per_type
+    assert not [p for p in posts if "backfill__" in p["text"]]
     text = found[0]["text"]
     by = (logical + timedelta(days=1, hours=6)).strftime("%Y-%m-%d %H:%M")
     assert f"orders_ingest 2024-01-15: no champion decision by {by} UTC" in text
@@ -247,7 +264,7 @@ def test_the_nightly_dags_carry_their_deadlines(monkeypatch):
     assert not bag.import_errors, bag.import_errors
     (ingest,) = bag.get_dag("orders_ingest").deadline
     (train,) = bag.get_dag("train_recommender").deadline
-    assert type(ingest.reference).__name__ == "DagRunLogicalDateDeadline"
+    assert type(ingest.reference).__name__ == "NightlyRunLogicalDate"  # the logical date; none for backfills
     assert ingest.interval == timedelta(days=1, hours=7, minutes=30)
     assert type(train.reference).__name__ == "DagRunQueuedAtDeadline" and train.interval == timedelta(hours=4)
     assert train.callback.kwargs == {"stage": "training", "model": "recommender"}

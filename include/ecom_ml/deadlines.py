@@ -14,9 +14,15 @@ when no task of the run ever started. Two deadlines cover the nightly chain:
   registry and stays quiet when a verdict is on record.
 
 Airflow prunes a run's deadlines when the run succeeds, so the callback only ever sees runs that
-failed or have not finished. Backfill runs are skipped: their logical dates are in the past, so
-their deadlines would all fire the moment they are created. The settings are read at parse time
-from the environment (cheap, no database), like the retry policy in ``ecom_ml.dag_defaults``.
+failed or have not finished. Backfill runs get no deadline at all: their logical dates are in the
+past, so a deadline on them would fire the moment the run is created, and each firing is a
+callback workload that takes an executor slot — a 374-day backfill once spent its first 4 minutes
+running 374 callbacks that had nothing to say. The ingestion deadline is therefore measured from
+:class:`NightlyRunLogicalDate`, a custom deadline reference (registered by the ``ecom_deadlines``
+plugin in ``plugins/``, which the scheduler needs to evaluate it) that gives a backfill run no
+reference time, so Airflow creates no deadline for it. The callback still checks the run type, as a
+second guard. The settings are read at parse time from the environment (cheap, no database), like
+the retry policy in ``ecom_ml.dag_defaults``.
 
 ``ECOM_DEADLINE_ALERTS=off`` leaves the deadlines out. ``dag.test()`` / ``airflow dags test`` need
 that in Airflow 3.3.2: a test run that *succeeds* looks its DAG's deadline alerts up by their
@@ -32,10 +38,15 @@ import re
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from airflow.sdk.definitions.deadline import BaseDeadlineReference
+
 from ecom_ml.settings import ConfigError
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from airflow.sdk import DeadlineAlert
+    from sqlalchemy.orm import Session
 
 log = logging.getLogger("ecom_ml.alerts")
 
@@ -70,13 +81,37 @@ def enabled() -> bool:
     return raw in ("on", "true", "1")
 
 
+class NightlyRunLogicalDate(BaseDeadlineReference):
+    """The run's logical date, like ``DeadlineReference.DAGRUN_LOGICAL_DATE``, except that a
+    backfill run has none, so Airflow creates no deadline (and runs no callback) for it.
+
+    Evaluated by the scheduler when the run is created (it needs the ``ecom_deadlines`` plugin to
+    find this class); the query reads two columns of the new run's own row.
+    """
+
+    required_kwargs = {"dag_id", "run_id"}
+
+    def _evaluate_with(self, *, session: Session, **kwargs: Any) -> datetime | None:
+        from airflow.models import DagRun
+        from airflow.utils.types import DagRunType
+        from sqlalchemy import select
+
+        row = session.execute(
+            select(DagRun.logical_date, DagRun.run_type).where(
+                DagRun.dag_id == kwargs["dag_id"], DagRun.run_id == kwargs["run_id"])
+        ).one_or_none()
+        if row is None or row.logical_date is None or row.run_type == DagRunType.BACKFILL_JOB:
+            return None
+        return row.logical_date
+
+
 def ingestion_deadlines() -> list[DeadlineAlert]:
     if not enabled():
         return []
-    from airflow.sdk import DeadlineAlert, DeadlineReference, SyncCallback
+    from airflow.sdk import DeadlineAlert, SyncCallback
 
     return [DeadlineAlert(
-        reference=DeadlineReference.DAGRUN_LOGICAL_DATE,
+        reference=NightlyRunLogicalDate(),
         interval=timedelta(days=1) + decision_time(),
         callback=SyncCallback(CALLBACK, kwargs={"stage": "ingestion"}),
         name="champion decision (ingestion)",
