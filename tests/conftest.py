@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import socket
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -72,3 +76,63 @@ def scratch_dbs(pg_server: settings_mod.Settings) -> Iterator[Callable[..., dict
 
     with contextlib.ExitStack() as stack:
         yield lambda *kinds: {k: stack.enter_context(scratch_database(pg_server, f"test_{k}")) for k in kinds}
+
+
+def _redis_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory) -> Iterator[str]:
+    """A Redis for the Celery broker: the machine's service on 127.0.0.1:6379 where one runs, else a
+    `redis-server` started here (Debian's package). Never skipped: without either, fail saying so."""
+    if _redis_answers(6379):
+        yield "redis://127.0.0.1:6379/7"
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("no Redis on 127.0.0.1:6379 and no redis-server binary: apt-get install redis-server")
+    from ecom_ml.localhost import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp_path_factory.mktemp("redis"))], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while not _redis_answers(port):
+        assert time.monotonic() < deadline and proc.poll() is None, "redis-server did not start"
+        time.sleep(0.1)
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def s3_server(monkeypatch) -> Iterator[dict[str, str]]:
+    """A local S3 API (moto's server mode, what s3fs's own tests use) on a free loopback port, with a
+    ``lake`` bucket; yields the AWS_* environment that points s3fs, boto3 and MLflow at it (also set
+    in this process)."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from ecom_ml.localhost import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ACCESS_KEY_ID": "ecom-test", "AWS_SECRET_ACCESS_KEY": "ecom-test-secret",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+           "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    boto3.client("s3").create_bucket(Bucket="lake")
+    try:
+        yield env
+    finally:
+        server.stop()
