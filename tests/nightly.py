@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -37,18 +36,6 @@ from ecom_ml import local_airflow
 from ecom_ml.localhost import free_port
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 2.0,
-              on_timeout: Callable[[], str] | None = None) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(interval)
-    extra = on_timeout() if on_timeout else ""
-    raise AssertionError(f"{what} within {timeout:.0f} s{extra}")
 
 
 @dataclass
@@ -96,41 +83,22 @@ class NightStack:
         found = sorted(base.glob(f"dag_id={dag_id}/run_id={run_id}/task_id={task_id}/*.log"))
         return "\n".join(p.read_text(errors="replace") for p in found)
 
-    def run_night(self, days: list[date], timeout: float = 900) -> str:
+    def run_night(self, days: list[date]) -> str:
         """Ingest ``days`` (history by backfill, the last day by its scheduled run), then let the last
-        day's Asset event trigger training; returns the train_recommender run id once it ended."""
+        day's Asset event trigger training (``ecom_ml.night``); returns the training run's id."""
+        from ecom_ml.night import Night
+
+        driver = Night(env=self.env, meta_url=self.meta_url,
+                       log_folder=Path(self.env["AIRFLOW__LOGGING__BASE_LOG_FOLDER"]), timeout=900)
         started = time.monotonic()
-        history, night = days[:-1], days[-1]
-        self.airflow("dags", "unpause", "orders_ingest")
-        if history:
-            self.airflow("backfill", "create", "--dag-id", "orders_ingest", "--from-date", history[0].isoformat(),
-                         "--to-date", history[-1].isoformat(), "--max-active-runs", "3")
-
-        def ingested() -> bool:
-            runs = [r for r in self.runs("orders_ingest") if r.state in ("success", "failed")]
-            done = {(r.run_type, r.logical_date.date()) for r in runs}
-            return {("backfill", d) for d in history} | {("scheduled", night)} <= done
-
-        wait_for(ingested, timeout, "the history backfill and the scheduled run of the last day did not finish",
-                 on_timeout=lambda: f"\nruns: {self.runs('orders_ingest')}{self.log_tail('scheduler')}")
-        failed = [r for r in self.runs("orders_ingest") if r.state != "success"]
-        assert not failed, f"ingestion runs failed: {failed}"
-        self.timings["ingest_s"] = time.monotonic() - started
+        ingested = driver.load_history(days)
+        assert all(r.state == "success" for r in ingested), ingested
+        self.timings["ingest_s"] = round(time.monotonic() - started, 1)
         assert not self.runs("train_recommender"), "a paused training DAG must not have been triggered"
-
-        self.airflow("dags", "unpause", "train_recommender")
-        scheduled = next(r for r in self.runs("orders_ingest") if r.run_type == "scheduled")
-        self.airflow("tasks", "clear", "orders_ingest", "--start-date", night.isoformat(),
-                     "--end-date", night.isoformat(), "--yes")
+        scheduled = next(r for r in ingested if r.run_type == "scheduled")
         started = time.monotonic()
-
-        def trained() -> Any:
-            runs = [r for r in self.runs("train_recommender") if r.state in ("success", "failed")]
-            return runs[-1] if runs else None
-
-        run = wait_for(trained, timeout, "the Asset-triggered train_recommender run did not finish",
-                       on_timeout=lambda: f"\nruns: {self.runs('train_recommender')}{self.log_tail()}")
-        self.timings["train_s"] = time.monotonic() - started
+        run = driver.train_on_last_night(days[-1])
+        self.timings["train_s"] = round(time.monotonic() - started, 1)
         assert run.run_type == "asset_triggered", run
         rerun = next(r for r in self.runs("orders_ingest") if r.run_id == scheduled.run_id)
         assert rerun.state == "success", rerun

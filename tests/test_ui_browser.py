@@ -2,16 +2,16 @@
 
 The stack is Airflow's own api-server, scheduler, dag-processor and triggerer on a metadata
 database of its own, the real orders database (generated days), a lake and an MLflow registry on
-the project's PostgreSQL. The registry is seeded through the training DAG's own gate and promote
-steps (`gate_and_register`, `promote`) with evaluation results written here instead of trained —
-training is tested elsewhere, and this test is about what a person sees: a champion and a rejected
-candidate. Screenshots of every step land in `tests/artifacts/` (the README shows some).
+the project's PostgreSQL. Everything the Models view shows is what the DAGs produced from the UI:
+a person ingests a day and backfills the history, triggers train_recommender for a day (the real
+trainer, gate and promotion run through the scheduler), changes a training Variable and trains
+again, and the Models view shows the first run's champion and the second run's rejected candidate.
+Screenshots of every step land in `tests/artifacts/` (the README shows some).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -31,42 +31,12 @@ CHROMIUM = "/usr/bin/chromium"
 # Chromium's own background traffic is refused by a closed network, many requests at a time.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
                  "--disable-background-networking", "--disable-component-update"]
-FIRST = date(2024, 1, 8)
-DAYS = 9  # generated: 2024-01-08 .. 2024-01-16
+FIRST = date(2024, 1, 7)
+DAYS = 10  # generated: 2024-01-07 .. 2024-01-16
 TRIGGERED_DAY = date(2024, 1, 15)
-BACKFILL = (date(2024, 1, 12), date(2024, 1, 13))
-
-
-def _evaluation(ndcg: float, champion_ndcg: float | None) -> dict[str, Any]:
-    """An evaluation result of the shape `training.steps.evaluate` returns."""
-
-    def result(value: float) -> dict[str, Any]:
-        return {"ndcg@10": value, "recall@10": value * 1.6, "users": 800,
-                "slices": {"new": {"recall@10": 0.05}, "returning": {"recall@10": value * 1.7}},
-                "cost": {"model_bytes": 4_000_000, "p50_ms": 2.0, "p99_ms": 6.0, "mean_ms": 2.5}}
-
-    out = {"candidate": result(ndcg), "baselines": {"popularity": result(0.12), "repeat_purchase": result(0.18)}}
-    if champion_ndcg is not None:
-        out["champion"] = result(champion_ndcg)
-    return out
-
-
-def _seed_registry(root: Path) -> None:
-    """Two nights through the real gate: 01-13 passes and is promoted, 01-14 regresses and is rejected."""
-    from ecom_ml.training.steps import GateFailed, gate_and_register, promote
-
-    for day, ndcg, champion in ((date(2024, 1, 13), 0.30, None), (date(2024, 1, 14), 0.21, 0.30)):
-        model_dir = root / day.isoformat() / "model"
-        model_dir.mkdir(parents=True)
-        (model_dir / "recommender.keras").write_bytes(b"PK\x03\x04 weights of " + day.isoformat().encode())
-        run_id = f"scheduled__{day.isoformat()}"
-        trained = {"model_uri": str(model_dir), "out_uri": (root / day.isoformat()).as_uri(),
-                   "params": {"epochs": 3}}
-        try:
-            gated = gate_and_register("recommender", day, run_id, trained, _evaluation(ndcg, champion))
-        except GateFailed:
-            continue
-        promote("recommender", gated, run_id)
+BACKFILL = (date(2024, 1, 7), date(2024, 1, 14))  # the history before the triggered day, from the UI
+#: Training settings, stored as Airflow Variables (a person changes them on the Variables page).
+WINDOW_DAYS, HOLDOUT_DAYS = 9, 2
 
 
 @pytest.fixture(scope="module")
@@ -76,39 +46,33 @@ def ui(pg_server, scratch_dbs, tmp_path_factory) -> Iterator[dict[str, Any]]:
     from ecom_ml.db.migrate import migrate
 
     migrate(orders_url)
-    generate(orders_url, GeneratorConfig(start=FIRST, days=DAYS, orders_per_day=150, seed=11), progress=False)
+    generate(orders_url, GeneratorConfig(start=FIRST, days=DAYS, orders_per_day=1500, seed=11), progress=False)
     work = tmp_path_factory.mktemp("ui")
     overrides = {
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg_server.local_url(names["airflow"], "postgresql+psycopg2"),
         "AIRFLOW_CONN_ORDERS_DB": orders_url,
         "ECOM_LAKE_ROOT": (work / "lake").as_uri(),
         "MLFLOW_TRACKING_URI": pg_server.local_url(names["mlflow"], "postgresql+psycopg2"),
+        "ECOM_MLFLOW_ARTIFACTS": (work / "mlflow-artifacts").as_uri(),
         "ECOM_MODEL_CACHE": str(work / "model-cache"),
         "ECOM_TASK_RETRIES": "0",
         "ECOM_DEADLINE_ALERTS": "on",
     }
-    saved = {key: os.environ.get(key) for key in overrides}
-    os.environ.update(overrides)  # the registry seeding below reads the same settings as the stack
+    port = free_port()
+    env = local_airflow.stack_env(port, overrides)
+    for cmd in (["db", "migrate"], ["dags", "reserialize"],
+                ["variables", "set", "ecom_recommender_window_days", str(WINDOW_DAYS)],
+                ["variables", "set", "ecom_recommender_holdout_days", str(HOLDOUT_DAYS)]):
+        done = subprocess.run([local_airflow._airflow_bin(), *cmd], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+    stack = local_airflow.start(local_airflow.COMPONENTS, work / "logs", port=port, env_overrides=overrides)
     try:
-        _seed_registry(work / "seed")
-        port = free_port()
-        env = local_airflow.stack_env(port, overrides)
-        for cmd in (["db", "migrate"], ["dags", "reserialize"]):
-            done = subprocess.run([local_airflow._airflow_bin(), *cmd], env=env, capture_output=True, text=True)
-            assert done.returncode == 0, done.stderr[-3000:]
-        stack = local_airflow.start(local_airflow.COMPONENTS, work / "logs", port=port, env_overrides=overrides)
-        try:
-            stack.wait_healthy()
-            users = json.loads((Path(env["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated").read_text())
-            yield {"url": stack.url, "user": "admin", "password": users["admin"], "logs": work / "logs"}
-        finally:
-            stack.stop()
+        stack.wait_healthy()
+        users = json.loads((Path(env["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated").read_text())
+        yield {"url": stack.url, "user": "admin", "password": users["admin"], "logs": work / "logs",
+               "overrides": overrides}
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        stack.stop()
 
 
 @pytest.fixture(scope="module")
@@ -135,8 +99,8 @@ def _run_state_badge(page, run_id: str):
     return page.locator(f"div:has(> h2:text-is('{run_id}')) > [data-testid=state-badge]")
 
 
-def _wait_run_success(page, url: str, timeout: float = 240) -> None:
-    """Reload the run's page until its state badge says Success; fail on a failed run."""
+def _wait_run_end(page, url: str, want: str = "Success", timeout: float = 420) -> None:
+    """Reload the run's page until its state badge says ``want``; fail on another final state."""
     run_id = url.rsplit("/runs/", 1)[1]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -144,9 +108,9 @@ def _wait_run_success(page, url: str, timeout: float = 240) -> None:
         badge = _run_state_badge(page, run_id)
         badge.wait_for(timeout=30_000)
         text = badge.inner_text().strip()
-        if text == "Success":
+        if text == want:
             return
-        assert text not in ("Failed", "Upstream Failed"), f"run {run_id} ended {text}"
+        assert text not in ({"Success", "Failed", "Upstream Failed"} - {want}), f"run {run_id} ended {text}"
         page.wait_for_timeout(3000)
     raise AssertionError(f"run {run_id} did not succeed within {timeout:.0f} s")
 
@@ -164,8 +128,21 @@ def _pick_datetime(page, dialog, index: int, day: date) -> None:
     page.keyboard.press("Escape")
 
 
-def test_a_person_logs_in_triggers_a_day_backfills_and_reads_the_models_view(ui, browser):
+def _trigger_training(page, url: str, day: date) -> str:
+    """Trigger train_recommender for ``day`` from its page's Trigger form; returns the run's URL."""
+    page.goto(url + "/dags/train_recommender")
+    page.get_by_role("button", name="Trigger").first.click()
+    dialog = _trigger_dialog(page)
+    dialog.locator("#element_day").fill(day.isoformat())
+    dialog.get_by_role("button", name="Trigger").click()
+    page.wait_for_url("**/dags/train_recommender/runs/**")
+    return page.url
+
+
+def test_a_person_loads_history_trains_and_reads_the_models_view(ui, browser, monkeypatch):
     from playwright.sync_api import expect
+
+    from ecom_ml import registry
 
     context = browser.new_context(viewport={"width": 1440, "height": 900})
     page = context.new_page()
@@ -188,12 +165,12 @@ def test_a_person_logs_in_triggers_a_day_backfills_and_reads_the_models_view(ui,
         _shot(page, "02-trigger-form")
         dialog.get_by_role("button", name="Trigger").click()
         page.wait_for_url("**/dags/orders_ingest/runs/**")
-        _wait_run_success(page, page.url)
+        _wait_run_end(page, page.url)
         # The run met its deadline alert ("no champion decision by 06:00"), which the run page shows.
         expect(page.get_by_test_id("stat").filter(has_text="Deadline")).to_contain_text("Met")
         _shot(page, "03-run-succeeded")
 
-        # 3. Backfill two days from the same dialog.
+        # 3. Backfill the history before it from the same dialog.
         page.goto(ui["url"] + "/dags/orders_ingest")
         page.get_by_role("button", name="Trigger").first.click()
         dialog = _trigger_dialog(page)
@@ -207,17 +184,39 @@ def test_a_person_logs_in_triggers_a_day_backfills_and_reads_the_models_view(ui,
         page.wait_for_timeout(2000)
         _shot(page, "04-backfilled-grid")
 
-        # 4. The Models view, from Airflow's navigation.
+        # 4. Train for the triggered day from train_recommender's Trigger form (it unpauses the DAG):
+        #    the real trainer, evaluation, gate and promotion, through the scheduler.
+        first = _trigger_training(page, ui["url"], TRIGGERED_DAY)
+        _wait_run_end(page, first)
+        _shot(page, "05-training-succeeded")
+
+        # 5. A person shrinks the training window on the Variables API (what the Variables page
+        #    does), and trains again: a worse candidate, which the gate rejects; the run fails.
+        changed = page.request.patch(f"{ui['url']}/api/v2/variables/ecom_recommender_window_days",
+                                   data={"key": "ecom_recommender_window_days", "value": "3"})
+        assert changed.ok, changed.text()
+        second = _trigger_training(page, ui["url"], TRIGGERED_DAY)
+        _wait_run_end(page, second, want="Failed")
+
+        # 6. The Models view, from Airflow's navigation: the champion is the first run's version,
+        #    the second run's candidate is listed with its failed gate.
+        for key, value in ui["overrides"].items():
+            monkeypatch.setenv(key, value)  # the test's own registry reads (the page is what is checked)
+        ours = registry.get_registry().client.search_model_versions("name = 'recommender'")
+        by_run = {v.tags["airflow_run_id"]: v for v in ours}
+        promoted = by_run[first.rsplit("/runs/", 1)[1]]
+        rejected_version = by_run[second.rsplit("/runs/", 1)[1]]
+        assert promoted.tags["gate"] == "passed" and rejected_version.tags["gate"] == "failed"
         page.goto(ui["url"] + "/")
         page.get_by_role("link", name="Models").or_(page.get_by_role("button", name="Models")).first.click()
         page.wait_for_url("**/models**")
         view = page.frame_locator("iframe").first
         view.get_by_test_id("champion-version").wait_for()
-        assert view.get_by_test_id("champion-version").inner_text().strip().lstrip("v") == "1"
-        rejected = view.locator("[data-testid=candidate-row]", has_text="2024-01-14")
+        assert view.get_by_test_id("champion-version").inner_text().strip().lstrip("v") == promoted.version
+        rejected = view.locator(f"[data-testid=candidate-row][data-version='{rejected_version.version}']")
         assert "failed" in rejected.inner_text().lower()
         assert view.locator("[data-testid=dq-row]", has_text=TRIGGERED_DAY.isoformat()).count() == 1
-        _shot(page, "05-models-view")
+        _shot(page, "06-models-view")
     finally:
         context.close()
 
