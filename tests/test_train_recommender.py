@@ -176,3 +176,41 @@ def test_a_champion_that_saw_todays_holdout_is_not_the_regression_reference(pipe
     check = next(c for c in report["checks"] if c["name"] == "no_regression_vs_champion")
     assert check["applicable"] is False and check["detail"] == reason
     assert "Champion not compared (n/a)" in (out / "gate_report.md").read_text()
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"AIRFLOW_VAR_ECOM_RECOMMENDER_HOLDOUT_DAYS": "a week"},
+     "Airflow Variable ecom_recommender_holdout_days='a week' is not a whole number"),
+    ({"AIRFLOW_VAR_ECOM_RECOMMENDER_WINDOW_DAYS": "0"},
+     "Airflow Variable ecom_recommender_window_days='0' is out of range: must be from 2 to 3660"),
+    ({"AIRFLOW_VAR_ECOM_RECOMMENDER_HISTORY_LEN": "5000"},
+     "Airflow Variable ecom_recommender_history_len='5000' is out of range: must be from 1 to 1000"),
+    ({"AIRFLOW_VAR_ECOM_RECOMMENDER_WINDOW_DAYS": "30", "AIRFLOW_VAR_ECOM_RECOMMENDER_HOLDOUT_DAYS": "31"},
+     "Airflow Variable ecom_recommender_holdout_days=31 must be less than ecom_recommender_window_days=30"),
+])
+def test_a_bad_training_variable_is_one_line_naming_it(env, message, monkeypatch):
+    from ecom_ml.errors import EcomError
+    from ecom_ml.training.steps import TrainingSettings
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(EcomError) as info:
+        TrainingSettings.from_airflow("recommender")
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+def test_a_crashing_trainer_fails_the_task_with_its_last_error_line(tmp_path):
+    """The real trainer, run by the training operator on a lake without that day's features: the
+    task fails with the trainer's own one-line error, not a traceback, and nothing is registered."""
+    from ecom_ml.k8s_training import LocalTrainingOperator, TrainingError, trainer_command
+
+    argv = trainer_command("recommender", (tmp_path / "lake").as_uri(), (tmp_path / "out").as_uri(),
+                           ["--day", "2024-02-01"], xcom=False)
+    op = LocalTrainingOperator(task_id="train", cmds=argv[:3], arguments=argv[3:], out_uri=(tmp_path / "out").as_uri(),
+                               model="recommender")
+    with pytest.raises(TrainingError) as info:
+        op.execute({})
+    message = str(info.value)
+    assert message.startswith("the trainer exited with status 2: ecom-ml train: error: no recommender features "
+                              "for 2024-02-01 under file://"), message
+    assert "\n" not in message and not (tmp_path / "out" / "return.json").exists()
