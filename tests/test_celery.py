@@ -78,6 +78,7 @@ def test_a_dag_run_executes_on_a_celery_worker(pg_server, scratch_dbs, redis_url
         "ECOM_LAKE_ROOT": (tmp_path / "lake").as_uri(),
         "ECOM_TASK_RETRIES": "0",
     }
+    Lake(overrides["ECOM_LAKE_ROOT"]).init()  # lake roots are created on purpose, never by a write
     port = free_port()
     env = local_airflow.stack_env(port, overrides)
     for cmd in (["db", "migrate"], ["dags", "reserialize"], ["dags", "unpause", "orders_ingest"]):

@@ -25,6 +25,7 @@ import pytest
 from ecom_ml import local_airflow
 from ecom_ml.generator import GeneratorConfig, generate
 from ecom_ml.localhost import free_port
+from ecom_ml.lake import Lake
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
@@ -87,6 +88,7 @@ def ui(pg_server, scratch_dbs, tmp_path_factory) -> Iterator[dict[str, Any]]:
         "ECOM_TASK_RETRIES": "0",
         "ECOM_DEADLINE_ALERTS": "on",
     }
+    Lake(overrides["ECOM_LAKE_ROOT"]).init()  # lake roots are created on purpose, never by a write
     saved = {key: os.environ.get(key) for key in overrides}
     os.environ.update(overrides)  # the registry seeding below reads the same settings as the stack
     try:

@@ -107,7 +107,35 @@ def _cmd_setup(args: argparse.Namespace) -> int:
     from ecom_ml import mlflow_server
 
     print(f"MLflow: {mlflow_server.start(cfg).describe()}")
+    print(f"lake: {_setup_lake(cfg)}")
     return 0
+
+
+def _cmd_lake(args: argparse.Namespace) -> int:
+    """Create a lake root on purpose: writes into a root that does not exist are refused."""
+    from ecom_ml.lake import Lake
+
+    lake = Lake(args.root or settings_mod.load().lake_root)
+    if args.action == "init":
+        print(f"lake: {'created a new, empty lake at' if lake.init() else 'already exists:'} {lake.root}")
+        return 0
+    if lake.exists():
+        print(f"lake: {lake.root} exists")
+        return 0
+    print(f"lake: {lake.root} does not exist (create it with `ecom-ml lake init {lake.root}`)")
+    return 3
+
+
+def _setup_lake(cfg: settings_mod.Settings) -> str:
+    """The default local lake is created by setup; a lake the user named is only checked, never created."""
+    from ecom_ml.lake import Lake
+
+    lake = Lake(cfg.lake_root)
+    if os.environ.get("ECOM_LAKE_ROOT"):
+        if lake.exists():
+            return f"{lake.root} (exists)"
+        return f"{lake.root} does NOT exist: check ECOM_LAKE_ROOT, or create it with `ecom-ml lake init`"
+    return f"{lake.root} ({'created, empty' if lake.init() else 'exists'})"
 
 
 def _parse_date(text: str) -> date:
@@ -161,8 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("action", choices=["start", "stop", "status"])
     ui.set_defaults(func=_cmd_ui)
 
-    setup = sub.add_parser("setup", help="start the server and migrate the orders and Airflow databases")
+    setup = sub.add_parser("setup", help="start the server, migrate the orders and Airflow databases, create the default lake")
     setup.set_defaults(func=_cmd_setup)
+
+    lake = sub.add_parser("lake", help="create (init) or check (status) the Parquet lake root")
+    lake.add_argument("action", choices=["init", "status"])
+    lake.add_argument("root", nargs="?", default=None, help="lake root URI (default: ECOM_LAKE_ROOT or ./lake)")
+    lake.set_defaults(func=_cmd_lake)
 
     airflow = sub.add_parser("airflow", help="run the airflow CLI against the local stack")
     airflow.add_argument("args", nargs=argparse.REMAINDER)
