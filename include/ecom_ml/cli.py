@@ -168,7 +168,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
     url = args.db_url or settings_mod.load().orders_db_url
     result = import_file(url, Path(args.source), mapping=Path(args.mapping) if args.mapping else None,
-                         rejects=Path(args.rejects) if args.rejects else None, progress=not args.quiet)
+                         rejects=Path(args.rejects) if args.rejects else None, progress=not args.quiet,
+                         on_conflict="skip" if args.skip_conflicts else "refuse")
     print(result.describe())
     return 0
 
@@ -219,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--rejects", default=None, help="where rejected rows go (default: $ECOM_HOME/imports/<name>.rejects.csv)")
     imp.add_argument("--db-url", default=None, help="orders database (default: the local server)")
     imp.add_argument("--quiet", action="store_true", help="no progress bar")
+    imp.add_argument("--skip-conflicts", action="store_true",
+                     help="import the rest when invoices already present have other lines (default: refuse)")
     imp.set_defaults(func=_cmd_import)
 
     from ecom_ml import registry
