@@ -156,6 +156,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         customers=args.customers,
         products=args.products,
         injections=parse_injections(args.inject or ""),
+        alongside_imported=args.alongside_imported,
     )
     url = args.db_url or settings_mod.load().orders_db_url
     summary = generate(url, config, progress=not args.quiet)
@@ -211,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--products", type=int, default=None, help="initial products (default: scales with volume)")
     gen.add_argument("--inject", default="", help="faults, e.g. null_customer=0.01,empty_day=2024-01-15")
     gen.add_argument("--db-url", default=None, help="orders database (default: the local server)")
+    gen.add_argument("--alongside-imported", action="store_true",
+                     help="generate into days that hold orders the generator did not write (they are kept)")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     gen.set_defaults(func=_cmd_generate)
 
