@@ -34,6 +34,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -41,7 +42,7 @@ from urllib.parse import urlsplit
 
 from ecom_ml import storage
 from ecom_ml.errors import EcomError
-from ecom_ml.lake_lock import partition_lock
+from ecom_ml.lake_lock import PartitionLock, partition_lock
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -293,7 +294,8 @@ class Lake:
             self._remove(staging)
         return target
 
-    def _lock(self, zone: str, dataset: str, day: date):  # noqa: ANN202 - a context manager
+    def _lock(self, zone: str, dataset: str, day: date) -> AbstractContextManager[PartitionLock]:
+        """The partition's writer lock (see ``ecom_ml.lake_lock``); every change happens under it."""
         return partition_lock(storage.path(self.root), f"{zone}/{dataset}/{partition_name(day)}",
                               f"{zone}/{dataset} {day.isoformat()} under {self.root}")
 

@@ -15,7 +15,10 @@ happens under :func:`partition_lock`:
   that stalled past its lease never publishes over its successor.
 
 Lock files live under ``{root}/_locks/``, outside the partitions, so removing a partition never
-removes a lock another process holds.
+removes a lock another process holds. On local disk they stay (a few bytes per partition): deleting
+one would let a writer waiting on the old file and a newcomer on a new one both hold "the" lock. On
+S3 the lease object is deleted on release, conditionally on its ETag. Locks do not nest: the lake
+takes one per call and never calls itself while holding it.
 """
 
 from __future__ import annotations
@@ -177,6 +180,7 @@ class _S3Lease:
         self.timeout = timeout
         self.ttl = ttl
         self.owner = _owner()
+        self.acquired_at = time.time()
         self.etag: str | None = None
         self.lost: str | None = None
         self._stop = threading.Event()
