@@ -114,3 +114,5 @@ def test_setup_creates_the_default_lake_but_only_checks_a_named_one(tmp_path, mo
     monkeypatch.setenv("ECOM_LAKE_ROOT", named)
     assert "does NOT exist" in cli._setup_lake(settings_mod.load())
     assert not (tmp_path / "typo").exists(), "setup never creates a lake the user named"
+    monkeypatch.setenv("ECOM_LAKE_ROOT", default.root)  # as `eval "$(ecom-ml env)"` exports it
+    assert cli._setup_lake(settings_mod.load()).startswith(default.root + " (")

@@ -126,12 +126,17 @@ def _cmd_lake(args: argparse.Namespace) -> int:
     return 3
 
 
+def _default_lake_root(cfg: settings_mod.Settings) -> str:
+    """What ``Settings.lake_root`` gives when ECOM_LAKE_ROOT is unset (``eval "$(ecom-ml env)"`` exports it)."""
+    return ((cfg.repo / "lake") if cfg.repo else (cfg.home / "lake")).as_uri()
+
+
 def _setup_lake(cfg: settings_mod.Settings) -> str:
     """The default local lake is created by setup; a lake the user named is only checked, never created."""
     from ecom_ml.lake import Lake
 
     lake = Lake(cfg.lake_root)
-    if os.environ.get("ECOM_LAKE_ROOT"):
+    if lake.root != Lake(_default_lake_root(cfg)).root:
         if lake.exists():
             return f"{lake.root} (exists)"
         return f"{lake.root} does NOT exist: check ECOM_LAKE_ROOT, or create it with `ecom-ml lake init`"
