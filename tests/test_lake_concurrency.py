@@ -225,3 +225,31 @@ def test_s3_lease_is_held_against_a_second_writer(s3_lake: str, monkeypatch: pyt
             lake.write(RAW, "orders", DAY, _table(1))
     lake.write(RAW, "orders", DAY, _table(1))
 
+
+
+def test_a_writer_that_lost_its_s3_lease_does_not_commit_or_delete_the_new_holders_lock(s3_lake: str) -> None:
+    """A holder that stalled past its lease (another writer took the lock over) must not publish."""
+    import json
+
+    import boto3
+
+    from ecom_ml.lake_lock import LakeLockError, partition_lock
+
+    s3 = boto3.client("s3")
+    key = "lake/_locks/raw/orders/dt=2024-01-05.lock"
+    with pytest.raises(LakeLockError, match=r"lost the partition lock s3://ecom-lake/lake/_locks/.* to another writer"):
+        with partition_lock(storage.path(s3_lake), "raw/orders/dt=2024-01-05", "raw/orders 2024-01-05") as lock:
+            successor = {"host": "other", "pid": 2, "token": "y", "acquired_at": time.time(),
+                         "expires_at": time.time() + 60}
+            s3.put_object(Bucket="ecom-lake", Key=key, Body=json.dumps(successor).encode())  # a takeover
+            lock.confirm()
+    held = json.loads(s3.get_object(Bucket="ecom-lake", Key=key)["Body"].read())
+    assert held["host"] == "other", "releasing a lost lease leaves the successor's lock alone"
+
+
+def test_a_malformed_lock_timeout_is_one_line(tmp_path, monkeypatch) -> None:
+    from ecom_ml.lake_lock import LakeLockError
+
+    monkeypatch.setenv("ECOM_LAKE_LOCK_TIMEOUT_S", "ten")
+    with pytest.raises(LakeLockError, match=r"^ECOM_LAKE_LOCK_TIMEOUT_S='ten' is not a number of seconds$"):
+        Lake(tmp_path.as_uri()).write(RAW, "orders", DAY, _table(1))
