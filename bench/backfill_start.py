@@ -26,6 +26,7 @@ from ecom_ml.db import scratch_database
 from ecom_ml.db.migrate import migrate
 from ecom_ml.db.server import start
 from ecom_ml.generator import GeneratorConfig, generate, parse_injections
+from ecom_ml.lake import Lake
 from ecom_ml.localhost import free_port
 from ecom_ml.night import Night
 
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": meta, "AIRFLOW_CONN_ORDERS_DB": orders_url,
                      "ECOM_LAKE_ROOT": (Path(tmp) / "lake").as_uri(), "ECOM_DEADLINE_ALERTS": "on",
                      "ECOM_TASK_RETRIES": "0", "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(Path(tmp) / "logs")}
+        Lake(overrides["ECOM_LAKE_ROOT"]).init()
         port = free_port()
         env = local_airflow.stack_env(port, overrides)
         for cmd in (["db", "migrate"], ["dags", "reserialize"]):

@@ -88,6 +88,7 @@ def train_model(features: dict[str, pa.Table], holdout_days: int) -> object:
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-retail-"))
     lake = Lake(scratch.joinpath("lake").as_uri())
+    lake.init()
     write_features(lake, TEST_LAST, features)
     kind = models.get("recommender")
     t0 = time.perf_counter()

@@ -14,18 +14,20 @@
 
 If day D is not validated by `ECOM_DECISION_DEADLINE` (default 06:00 UTC) on D+1, a deadline alert
 says so (`ecom_ml.deadlines`). Re-running or backfilling a day replaces exactly that day's partitions. A manual run processes the
-day given in its `day` param (e.g. `{"day": "2024-01-16"}`), else its data interval.
+day given in its `day` param (e.g. `{"day": "2024-01-16"}`), else its data interval. The first day
+it covers is `ECOM_INGEST_START_DATE` (default 2009-12-01); Airflow runs no task for an earlier
+logical date.
 """
 
 from __future__ import annotations
 
-import pendulum
 from airflow.sdk import Param, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from ecom_ml.assets import ORDERS_VALIDATED
 from ecom_ml.dag_defaults import default_args
 from ecom_ml.deadlines import ingestion_deadlines
+from ecom_ml.ingest.schedule import ingest_start_date
 
 
 @dag(
@@ -33,7 +35,9 @@ from ecom_ml.deadlines import ingestion_deadlines
     # Data-interval semantics: the run for day D covers [D, D+1) and starts after D ends. (Airflow 3's
     # default for cron strings, CronTriggerTimetable, would give zero-length intervals.)
     schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
-    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    # ECOM_INGEST_START_DATE (default 2009-12-01, the imported history's first day): Airflow runs no
+    # task for a logical date before it, so an earlier day would "succeed" having done nothing.
+    start_date=ingest_start_date(),
     catchup=False,
     max_active_runs=3,
     doc_md=__doc__,

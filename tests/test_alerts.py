@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from aiosmtpd.controller import Controller
 
 from ecom_ml.generator import GeneratorConfig, generate, parse_injections
+from ecom_ml.lake import Lake
 
 START = date(2024, 1, 1)
 
@@ -76,6 +77,7 @@ def bad_days(orders_db, tmp_path, monkeypatch):
                                         injections=parse_injections("negative_quantity=0.05")), progress=False)
     monkeypatch.setenv("AIRFLOW_CONN_ORDERS_DB", orders_db)
     monkeypatch.setenv("ECOM_LAKE_ROOT", (tmp_path / "lake").as_uri())
+    Lake((tmp_path / "lake").as_uri()).init()  # lake roots are created on purpose, never by a write
     monkeypatch.setenv("ECOM_TASK_RETRIES", "0")
     bag = DagBag(dag_folder=str(Path(__file__).resolve().parents[1] / "dags"))
     return bag.get_dag("orders_ingest")
@@ -176,6 +178,7 @@ def test_a_run_stuck_past_the_decision_deadline_alerts_through_the_scheduler(rec
     overrides = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": meta, "ECOM_DECISION_DEADLINE": "06:00",
                  "ECOM_DEADLINE_ALERTS": "on",
                  "ECOM_LAKE_ROOT": (tmp_path / "lake").as_uri()}
+    Lake(overrides["ECOM_LAKE_ROOT"]).init()
     port = free_port()
     env = local_airflow.stack_env(port, overrides)
     for cmd in (["db", "migrate"], ["dags", "reserialize"]):

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 
 import numpy as np
 import psycopg2
@@ -474,3 +475,93 @@ def test_binary_copy_round_trips_edge_values(orders_db: str) -> None:
         (None if null else int(i), n, Decimal(int(c)) / 100, text, epoch + timedelta(microseconds=int(us)))
         for i, null, n, c, text, us in zip(ids, nulls, range(-3, 5), cents, texts, stamps)
     ]
+
+
+# -- imported orders beside generated ones (issue 12, item 11) ------------------------------------------
+
+
+def _import_sample(url: str, retail_csv: Path, tmp_path: Path, rows: int = 60) -> list[str]:
+    """Import the shared file's first rows (2009-12-01) with the real importer; return the invoices."""
+    import gzip
+
+    from ecom_ml.importer import import_file
+
+    with gzip.open(retail_csv, "rt", encoding="utf-8") as handle:
+        lines = [next(handle) for _ in range(rows + 1)]
+    source = tmp_path / "sample.csv"
+    source.write_text("".join(lines), encoding="utf-8")
+    import_file(url, source, rejects=tmp_path / "sample.rejects.csv", progress=False)
+    return [ref for (ref,) in _query(url, "SELECT external_ref FROM orders WHERE external_ref NOT LIKE 'G%%' "
+                                          "ORDER BY 1")]
+
+
+def test_rerunning_a_range_keeps_imported_orders_in_its_id_block(
+    orders_db: str, retail_csv: Path, tmp_path: Path
+) -> None:
+    """Imported orders take ids right after the last generated one, inside the last day's block."""
+    generate(orders_db, _config(days=3, orders_per_day=200), progress=False)
+    imported = _import_sample(orders_db, retail_csv, tmp_path)
+    assert imported, "the sample holds orders"
+    (block_of_last_day,), = _query(orders_db, "SELECT max(order_id) / 10000000 FROM orders WHERE external_ref LIKE 'G%%'")
+    ids = _query(orders_db, "SELECT order_id / 10000000 FROM orders WHERE external_ref = ANY(%s)", (imported,))
+    assert {b for (b,) in ids} == {block_of_last_day}, "the imported ids fall in the generator's last block"
+    before = _query(orders_db, "SELECT o.order_id, count(i.*) FROM orders o JOIN order_items i USING (order_id) "
+                               "WHERE o.external_ref = ANY(%s) GROUP BY 1 ORDER BY 1", (imported,))
+    generate(orders_db, _config(days=3, orders_per_day=200), progress=False)
+    after = _query(orders_db, "SELECT o.order_id, count(i.*) FROM orders o JOIN order_items i USING (order_id) "
+                              "WHERE o.external_ref = ANY(%s) GROUP BY 1 ORDER BY 1", (imported,))
+    assert after == before, "the generator deletes only what it generated"
+
+
+def _shop_order(url: str, day: date, ref: str) -> None:
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("INSERT INTO orders (external_ref, status, created_at, updated_at) "
+                        "VALUES (%s, 'paid', %s, %s)", (ref, f"{day} 12:00+00", f"{day} 12:00+00"))
+    finally:
+        conn.close()
+
+
+def test_generating_into_days_with_imported_orders_is_refused_unless_asked(orders_db: str) -> None:
+    generate(orders_db, _config(days=3, orders_per_day=200), progress=False)
+    _shop_order(orders_db, START + timedelta(days=1), "INV-1")
+    before = _checksums(orders_db)
+    with pytest.raises(GeneratorError, match=r"holds 1 order\(s\) the generator did not write between 2024-01-01 "
+                                             r"and 2024-01-04 \(e.g. 'INV-1'\).*--alongside-imported"):
+        generate(orders_db, _config(days=3, orders_per_day=200), progress=False)
+    assert _checksums(orders_db) == before, "a refused run writes nothing"
+    generate(orders_db, _config(days=3, orders_per_day=200, alongside_imported=True), progress=False)
+    assert _query(orders_db, "SELECT count(*) FROM orders WHERE external_ref = 'INV-1'") == [(1,)]
+    # Days outside the imported one are not refused.
+    generate(orders_db, _config(days=1, orders_per_day=200, start=START + timedelta(days=3)), progress=False)
+
+
+def test_a_database_generated_before_the_record_is_backfilled_from_the_generators_mark(
+    orders_db: str, retail_csv: Path, tmp_path: Path
+) -> None:
+    generate(orders_db, _config(days=2, orders_per_day=200), progress=False)
+    _query_exec = psycopg2.connect(orders_db)
+    with _query_exec, _query_exec.cursor() as cur:
+        cur.execute("DROP TABLE ecom_generator.generated_orders")  # as an older generator left it
+    _query_exec.close()
+    imported = _import_sample(orders_db, retail_csv, tmp_path)
+    generate(orders_db, _config(days=2, orders_per_day=200), progress=False)
+    assert len(_query(orders_db, "SELECT 1 FROM orders WHERE external_ref = ANY(%s)", (imported,))) == len(imported)
+    (generated,), = _query(orders_db, "SELECT count(*) FROM ecom_generator.generated_orders")
+    (marked,), = _query(orders_db, "SELECT count(*) FROM orders WHERE external_ref = 'G' || order_id::text")
+    assert generated == marked > 0
+
+
+def test_cli_generate_alongside_imported_flag(orders_db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from ecom_ml.cli import main
+
+    args = ["generate", "--start", "2024-01-01", "--days", "2", "--orders-per-day", "100", "--db-url", orders_db,
+            "--quiet"]
+    assert main(args) == 0
+    _shop_order(orders_db, START, "INV-2")
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ecom-ml: error: ") and "INV-2" in err and "\n" not in err
+    assert main([*args, "--alongside-imported"]) == 0

@@ -386,7 +386,7 @@ def test_line_numbers_survive_multiline_fields_and_ragged_rows(
 ) -> None:
     lines = _sample_lines(retail_csv, rows=20)
     extra = [
-        '489434,99999,"TWO-LINE\nDESCRIPTION",1,2009-12-01 07:45:00,1.00,13085,United Kingdom',  # lines 22-23
+        '489999,99999,"TWO-LINE\nDESCRIPTION",1,2009-12-01 07:45:00,1.00,13085,United Kingdom',  # lines 22-23
         "489434,99998,TOO,MANY,1,2009-12-01 07:45:00,1.00,13085,United Kingdom",  # line 24
         "489434,99997,SHORT,1,2009-12-01 07:45:00,1.00,13085",  # line 25
         "",  # line 26: blank, not a record
@@ -396,14 +396,17 @@ def test_line_numbers_survive_multiline_fields_and_ragged_rows(
     rejects = tmp_path / "ragged.rejects.csv"
     result = _import(orders_db, _write(tmp_path, "ragged.csv", lines + extra), tmp_path, rejects=rejects)
     table = pd.read_csv(rejects, dtype=str, keep_default_na=False)
+    # Lines 24, 25 and 28 belong to invoice 489434, which is therefore loaded not at all.
+    first_invoice = [j + 1 for j, line in enumerate(lines) if line.startswith("489434,")]
     assert dict(zip(table["line"].astype(int), table["reason"], strict=True)) == {
+        **{line: "incomplete_invoice" for line in first_invoice},
         24: "wrong_field_count",
         25: "wrong_field_count",
         27: "duplicate_row",
         28: "bad_timestamp",
     }
     assert table.loc[table["line"] == "27", "detail"].item() == "repeats line 6"
-    assert result.rows_read == 25 and result.order_lines == 21
+    assert result.rows_read == 25 and result.order_lines == 21 - len(first_invoice)
     (name,) = _query(orders_db, "SELECT name FROM products WHERE sku = '99999'")[0]
     assert name == "TWO-LINE\nDESCRIPTION"
 
@@ -525,3 +528,123 @@ def test_cli_import_and_error(orders_db: str, sample: Path, tmp_path: Path, caps
     assert main(["import", str(tmp_path / "absent.csv"), "--db-url", orders_db, "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ecom-ml: error: ") and "absent.csv" in err and "\n" not in err
+
+
+# --------------------------------------------------------------------------------------------------
+# Truncated files, whole invoices, and conflicts with what an earlier import stored (issue 12, item 7).
+# A "cut copy" is the shared file's first few thousand lines cut where a copy or download can stop.
+
+
+def _cut_copy(retail_csv: Path, rows: int = 3000) -> tuple[list[str], str, int]:
+    """The first ``rows`` data lines, ending inside an invoice: (lines, that invoice, its line count)."""
+    lines = _sample_lines(retail_csv, rows=rows + 200)
+    last = lines[rows].split(",")[0]
+    invoice_lines = [i for i, line in enumerate(lines) if line.split(",")[0] == last]
+    end = invoice_lines[-1] + 1
+    assert len(invoice_lines) >= 4, "the cut must fall inside an invoice of several lines"
+    return lines[:end], last, len(invoice_lines)
+
+
+def _orders_of(url: str, invoice: str) -> list[tuple]:
+    return _query(url, "SELECT o.external_ref, count(i.order_item_id) FROM orders o LEFT JOIN order_items i "
+                       "USING (order_id) WHERE o.external_ref = %s GROUP BY 1", (invoice,))
+
+
+def test_a_copy_cut_mid_field_is_refused_whole(loaded_db: str, retail_csv: Path, tmp_path: Path) -> None:
+    lines, invoice, _ = _cut_copy(retail_csv)
+    text = "\n".join(lines)
+    cut = tmp_path / "cut.csv"
+    cut.write_text(text[: text.rindex("United Kingdom") + len("United Ki")], encoding="utf-8")
+    message = _assert_refused(loaded_db, cut, tmp_path, SourceError, "cut.csv: line ",
+                              "ends without a newline, in the middle of", "United Ki'", "looks truncated",
+                              "nothing was imported", "source.require_final_newline")
+    assert f"line {len(lines)}:" in message
+    assert _orders_of(loaded_db, invoice) == []
+
+
+def test_a_copy_cut_mid_line_is_refused_whole(orders_db: str, retail_csv: Path, tmp_path: Path) -> None:
+    lines, invoice, _ = _cut_copy(retail_csv)
+    cut = tmp_path / "cut.csv"
+    cut.write_text("\n".join(lines[:-5]) + "\n" + lines[-5][:25], encoding="utf-8")  # inside the SKU/description
+    _assert_refused(orders_db, cut, tmp_path, SourceError, "ends without a newline", "looks truncated")
+    assert _counts(orders_db)["orders"] == 0
+
+
+def test_a_short_last_row_is_refused_even_with_a_newline(orders_db: str, retail_csv: Path, tmp_path: Path) -> None:
+    lines, _, _ = _cut_copy(retail_csv)
+    short = ",".join(lines[-1].split(",")[:5])
+    cut = _write(tmp_path, "short.csv", lines[:-1] + [short])
+    _assert_refused(orders_db, cut, tmp_path, SourceError, f"line {len(lines)}: the last row has 5 of 8 fields",
+                    "looks truncated")
+
+
+def test_a_cut_gzip_copy_is_refused(orders_db: str, retail_csv: Path, tmp_path: Path) -> None:
+    lines, _, _ = _cut_copy(retail_csv)
+    whole = gzip.compress(("\n".join(lines) + "\n").encode())
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(whole[: len(whole) * 2 // 3])
+    _assert_refused(orders_db, cut, tmp_path, SourceError, "cut.csv.gz: the gzip stream ends early", "looks truncated")
+
+
+def test_a_file_without_final_newline_imports_when_the_mapping_says_so(
+    orders_db: str, retail_csv: Path, tmp_path: Path
+) -> None:
+    lines, invoice, n = _cut_copy(retail_csv, rows=300)
+    source = tmp_path / "no-newline.csv"
+    source.write_text("\n".join(lines), encoding="utf-8")
+    mapping = tmp_path / "shop.yaml"
+    default = load_mapping().path.read_text()
+    mapping.write_text(default.replace("require_final_newline: true", "require_final_newline: false"))
+    result = _import(orders_db, source, tmp_path, mapping=mapping)
+    assert result.rows_read == len(lines) - 1
+    assert _orders_of(orders_db, invoice)
+
+
+def test_an_invoice_with_an_unreadable_line_is_not_loaded_at_all(orders_db: str, retail_csv: Path, tmp_path: Path) -> None:
+    lines, invoice, n = _cut_copy(retail_csv)
+    target = next(i for i, line in enumerate(lines) if line.split(",")[0] == invoice)
+    lines[target + 1] = _with_field(lines[target + 1], 3, "12x")  # one line's quantity cannot be read
+    rejects = tmp_path / "one-bad.rejects.csv"
+    result = _import(orders_db, _write(tmp_path, "one-bad.csv", lines), tmp_path, rejects=rejects)
+    assert _orders_of(orders_db, invoice) == [], "the invoice is loaded with all its lines or not at all"
+    table = pd.read_csv(rejects, dtype=str, keep_default_na=False)
+    mine = table[table["Invoice"] == invoice]
+    assert len(mine) == n, "every line of the invoice is in the reject file"
+    reasons = mine["reason"].value_counts().to_dict()
+    assert reasons.pop("bad_number") == 1 and reasons.pop("incomplete_invoice") >= n - 3
+    assert set(reasons) <= {"duplicate_row", "non_product_code", "zero_price"}, "rule rejects keep their reason"
+    assert set(mine.loc[mine["reason"] == "incomplete_invoice", "detail"]) == {
+        f"line {target + 2} of invoice {invoice} could not be read"}
+    assert result.rejects_by_reason["incomplete_invoice"] == (mine["reason"] == "incomplete_invoice").sum()
+    assert result.rows_read == result.order_lines + result.cancellation_lines + result.rejected
+
+
+def test_a_later_import_with_more_lines_of_an_invoice_is_a_conflict(
+    orders_db: str, retail_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The damage of an earlier import (an invoice stored with 27 of 32 lines) is named, not kept silently."""
+    from ecom_ml.cli import main
+
+    lines, invoice, n = _cut_copy(retail_csv)
+    partial = _write(tmp_path, "partial.csv", lines[:-3])  # an older, shorter export: n - 3 lines of the invoice
+    _import(orders_db, partial, tmp_path)
+    ((_, stored),) = _orders_of(orders_db, invoice)
+    complete = _write(tmp_path, "complete.csv", lines)
+    message = _assert_refused(orders_db, complete, tmp_path, load_mod.ImportConflict,
+                              "1 invoice(s) already in ", f"have other lines than this file: {invoice} "
+                              f"({stored} lines in the database, ", "in the file); nothing was imported",
+                              "--skip-conflicts")
+    assert "password" not in message
+    # The same through the command line: exit 2 and one line.
+    assert main(["import", str(complete), "--db-url", orders_db, "--rejects", str(tmp_path / "c.csv"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ecom-ml: error: 1 invoice(s) already in") and "\n" not in err
+    # Asked to, the import loads nothing of that invoice and says so in its summary.
+    result = _import(orders_db, complete, tmp_path, on_conflict="skip")
+    ((conflict,),) = [result.load.conflicts]
+    assert conflict.order_ref == invoice and conflict.lines_in_db == stored < conflict.lines_in_file <= n
+    assert "conflicts:   1 invoice(s) already present with other lines, left as they are" in result.describe()
+    assert _orders_of(orders_db, invoice) == [(invoice, stored)]
+    # An identical re-import is no conflict.
+    again = _import(orders_db, partial, tmp_path)
+    assert again.load.conflicts == [] and again.load.orders_new == 0

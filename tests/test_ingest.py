@@ -33,6 +33,7 @@ def ingest(orders_db, tmp_path, monkeypatch):
 
     monkeypatch.setenv("AIRFLOW_CONN_ORDERS_DB", orders_db)
     monkeypatch.setenv("ECOM_LAKE_ROOT", (tmp_path / "lake").as_uri())
+    Lake((tmp_path / "lake").as_uri()).init()  # lake roots are created on purpose, never by a write
     monkeypatch.setenv("ECOM_TASK_RETRIES", "1")
     monkeypatch.setenv("ECOM_RETRY_DELAY_SECONDS", "1")
     bag = DagBag(dag_folder=str(Path(__file__).resolve().parents[1] / "dags"))

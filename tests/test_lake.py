@@ -100,3 +100,62 @@ def test_a_writer_killed_mid_write_leaves_the_previous_version_visible(tmp_path)
     lake.write(RAW, "orders", DAY, {"orders": _table(3)})
     assert len([p for p in part.iterdir() if p.name.startswith("v-")]) == 1
     assert (part / MANIFEST).exists()
+
+
+def _held_writer(root: str, marker: Path) -> subprocess.Popen:
+    """A child that writes a fresh two-table partition and is held inside its first data-file write."""
+    child = textwrap.dedent(
+        f"""
+        import time, pyarrow as pa
+        from pathlib import Path
+        from ecom_ml import lake as lake_mod, storage
+        cls = type(storage.path({root!r}))
+        real = cls.write_bytes
+        def held(self, data):
+            written = real(self, data)
+            if self.name.startswith(("customers", ".customers")):
+                Path({str(marker)!r}).write_text(self.path)
+                time.sleep(120)
+            return written
+        cls.write_bytes = held
+        n = 200_000
+        tables = {{"customers": pa.table({{"customer_id": pa.array(range(n), pa.int64())}}),
+                   "orders": pa.table({{"order_id": pa.array(range(n), pa.int64())}})}}
+        lake_mod.Lake({root!r}).write("raw", "orders", lake_mod.date(2024, 1, 5), tables)
+        """
+    )
+    return subprocess.Popen([sys.executable, "-c", child])
+
+
+def test_a_killed_write_leaves_no_temporary_in_a_version_folder_and_the_rerun_cleans_up(tmp_path):
+    lake = Lake(tmp_path.as_uri())
+    marker = tmp_path / "held"
+    proc = _held_writer(lake.root, marker)
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert proc.poll() is None, "the writer died before it was killed"
+        assert time.monotonic() < deadline, "the writer never reached its data-file write"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    part = tmp_path / "raw" / "orders" / "dt=2024-01-05"
+    temporary = Path(marker.read_text())
+    assert temporary.exists() and temporary.stat().st_size > 0, "the killed writer left its temporary"
+    in_versions = [p for v in part.glob("v-*") for p in v.iterdir() if ".tmp-" in p.name or p == temporary]
+    assert in_versions == [], f"temporaries must live outside committed version folders: {in_versions}"
+    n = 200_000
+    manifest = lake.write(RAW, "orders", DAY, {"customers": pa.table({"customer_id": pa.array(range(n), pa.int64())}),
+                                               "orders": pa.table({"order_id": pa.array(range(n), pa.int64())})})
+    assert sorted(p.name for p in part.iterdir()) == [MANIFEST, manifest.version]
+    assert sorted(p.name for p in (part / manifest.version).iterdir()) == ["customers.parquet", "orders.parquet"]
+
+
+def test_the_rerun_removes_a_stray_temporary_an_older_writer_left_inside_the_current_version(tmp_path):
+    """Lakes written before staging existed can hold `.x.parquet.tmp-*` inside the current version."""
+    lake = Lake(tmp_path.as_uri())
+    manifest = lake.write(RAW, "orders", DAY, {"orders": _table(10)})
+    stray = tmp_path / "raw" / "orders" / "dt=2024-01-05" / manifest.version / ".customers.parquet.tmp-0123abcd"
+    stray.write_bytes(b"x" * 2048)
+    assert lake.write(RAW, "orders", DAY, {"orders": _table(10)}).version == manifest.version
+    assert not stray.exists()
+    assert lake.read(RAW, "orders", DAY)["orders"].equals(_table(10))

@@ -47,6 +47,7 @@ def test_a_night_trains_and_promotes_through_the_scheduler(flavour, request, pg_
     s3 = request.getfixturevalue("s3_server") if flavour == "celery-s3" else {}
     lake_root = "s3://lake/nightly" if s3 else (tmp_path / "lake").as_uri()
     artifacts = "s3://lake/mlflow-artifacts" if s3 else (tmp_path / "mlflow-artifacts").as_uri()
+    Lake(lake_root).init()  # lake roots are created on purpose (`ecom-ml lake init`), never by a write
     overrides = {
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg_server.local_url(names["airflow"], "postgresql+psycopg2"),
         "AIRFLOW_CONN_ORDERS_DB": orders_url,

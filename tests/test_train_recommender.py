@@ -14,6 +14,7 @@ import pytest
 
 from ecom_ml.generator import GeneratorConfig, generate, parse_injections
 from ecom_ml.ingest.tasks import IngestConfig, check_quality, extract_to_raw, publish
+from ecom_ml.lake import Lake
 
 START = date(2024, 1, 1)
 DAYS = 42
@@ -32,6 +33,7 @@ def pipeline(pg_server, scratch_dbs, tmp_path_factory):
                                          products=None, injections=parse_injections("")), progress=False)
     root = tmp_path_factory.mktemp("pipeline")
     lake_root = (root / "lake").as_uri()
+    Lake(lake_root).init()  # lake roots are created on purpose, never by a write
     cfg = IngestConfig(lake_root=lake_root, orders_url=orders_url)
     for offset in range(DAYS):
         day = START + timedelta(days=offset)

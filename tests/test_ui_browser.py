@@ -25,6 +25,7 @@ import pytest
 from ecom_ml import local_airflow
 from ecom_ml.generator import GeneratorConfig, generate
 from ecom_ml.localhost import free_port
+from ecom_ml.lake import Lake
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
@@ -58,6 +59,7 @@ def ui(pg_server, scratch_dbs, tmp_path_factory) -> Iterator[dict[str, Any]]:
         "ECOM_TASK_RETRIES": "0",
         "ECOM_DEADLINE_ALERTS": "on",
     }
+    Lake(overrides["ECOM_LAKE_ROOT"]).init()  # lake roots are created on purpose, never by a write
     port = free_port()
     env = local_airflow.stack_env(port, overrides)
     for cmd in (["db", "migrate"], ["dags", "reserialize"],

@@ -107,7 +107,40 @@ def _cmd_setup(args: argparse.Namespace) -> int:
     from ecom_ml import mlflow_server
 
     print(f"MLflow: {mlflow_server.start(cfg).describe()}")
+    print(f"lake: {_setup_lake(cfg)}")
     return 0
+
+
+def _cmd_lake(args: argparse.Namespace) -> int:
+    """Create a lake root on purpose: writes into a root that does not exist are refused."""
+    from ecom_ml.lake import Lake
+
+    lake = Lake(args.root or settings_mod.load().lake_root)
+    if args.action == "init":
+        print(f"lake: {'created a new, empty lake at' if lake.init() else 'already exists:'} {lake.root}")
+        return 0
+    if lake.exists():
+        print(f"lake: {lake.root} exists")
+        return 0
+    print(f"lake: {lake.root} does not exist (create it with `ecom-ml lake init {lake.root}`)")
+    return 3
+
+
+def _default_lake_root(cfg: settings_mod.Settings) -> str:
+    """What ``Settings.lake_root`` gives when ECOM_LAKE_ROOT is unset (``eval "$(ecom-ml env)"`` exports it)."""
+    return ((cfg.repo / "lake") if cfg.repo else (cfg.home / "lake")).as_uri()
+
+
+def _setup_lake(cfg: settings_mod.Settings) -> str:
+    """The default local lake is created by setup; a lake the user named is only checked, never created."""
+    from ecom_ml.lake import Lake
+
+    lake = Lake(cfg.lake_root)
+    if lake.root != Lake(_default_lake_root(cfg)).root:
+        if lake.exists():
+            return f"{lake.root} (exists)"
+        return f"{lake.root} does NOT exist: check ECOM_LAKE_ROOT, or create it with `ecom-ml lake init`"
+    return f"{lake.root} ({'created, empty' if lake.init() else 'exists'})"
 
 
 def _parse_date(text: str) -> date:
@@ -128,6 +161,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         customers=args.customers,
         products=args.products,
         injections=parse_injections(args.inject or ""),
+        alongside_imported=args.alongside_imported,
     )
     url = args.db_url or settings_mod.load().orders_db_url
     summary = generate(url, config, progress=not args.quiet)
@@ -140,7 +174,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
     url = args.db_url or settings_mod.load().orders_db_url
     result = import_file(url, Path(args.source), mapping=Path(args.mapping) if args.mapping else None,
-                         rejects=Path(args.rejects) if args.rejects else None, progress=not args.quiet)
+                         rejects=Path(args.rejects) if args.rejects else None, progress=not args.quiet,
+                         on_conflict="skip" if args.skip_conflicts else "refuse")
     print(result.describe())
     return 0
 
@@ -161,8 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("action", choices=["start", "stop", "status"])
     ui.set_defaults(func=_cmd_ui)
 
-    setup = sub.add_parser("setup", help="start the server and migrate the orders and Airflow databases")
+    setup = sub.add_parser("setup", help="start the server, migrate the orders and Airflow databases, create the default lake")
     setup.set_defaults(func=_cmd_setup)
+
+    lake = sub.add_parser("lake", help="create (init) or check (status) the Parquet lake root")
+    lake.add_argument("action", choices=["init", "status"])
+    lake.add_argument("root", nargs="?", default=None, help="lake root URI (default: ECOM_LAKE_ROOT or ./lake)")
+    lake.set_defaults(func=_cmd_lake)
 
     airflow = sub.add_parser("airflow", help="run the airflow CLI against the local stack")
     airflow.add_argument("args", nargs=argparse.REMAINDER)
@@ -177,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--products", type=int, default=None, help="initial products (default: scales with volume)")
     gen.add_argument("--inject", default="", help="faults, e.g. null_customer=0.01,empty_day=2024-01-15")
     gen.add_argument("--db-url", default=None, help="orders database (default: the local server)")
+    gen.add_argument("--alongside-imported", action="store_true",
+                     help="generate into days that hold orders the generator did not write (they are kept)")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     gen.set_defaults(func=_cmd_generate)
 
@@ -186,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--rejects", default=None, help="where rejected rows go (default: $ECOM_HOME/imports/<name>.rejects.csv)")
     imp.add_argument("--db-url", default=None, help="orders database (default: the local server)")
     imp.add_argument("--quiet", action="store_true", help="no progress bar")
+    imp.add_argument("--skip-conflicts", action="store_true",
+                     help="import the rest when invoices already present have other lines (default: refuse)")
     imp.set_defaults(func=_cmd_import)
 
     from ecom_ml import registry

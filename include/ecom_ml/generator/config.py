@@ -121,6 +121,8 @@ class GeneratorConfig:
     customers: int | None = None
     products: int | None = None
     injections: Injections = field(default_factory=Injections)
+    #: Generate into days that hold orders the generator did not write (imported ones); they are kept.
+    alongside_imported: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.start, date) or isinstance(self.start, datetime):

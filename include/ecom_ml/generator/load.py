@@ -3,6 +3,13 @@
 The generator's own bookkeeping (the parameters a database was generated with, how far it has been
 generated, a log of runs) lives in the ``ecom_generator`` schema, apart from the shop's tables, so
 the pipeline sees a database shaped exactly like a real shop's.
+
+``ecom_generator.generated_orders`` records the id of every order the generator wrote. A re-run
+deletes exactly those ids in its days (never "every id in the day's block": the shop's own inserts
+and ``ecom-ml import`` take ids from the same sequence, right after the last generated one, inside
+the last day's block), and a run refuses days that hold orders it did not write unless told.
+Databases generated before the record existed are backfilled from the generator's mark on its
+orders (``external_ref = 'G' || order_id``) the first time a newer generator opens them.
 """
 
 from __future__ import annotations
@@ -46,6 +53,9 @@ CREATE TABLE IF NOT EXISTS {META_SCHEMA}.state (
     generated_end   date    NOT NULL,   -- days [anchor, generated_end) are in the shop tables
     updated_at      timestamptz NOT NULL DEFAULT now()
 );
+CREATE TABLE IF NOT EXISTS {META_SCHEMA}.generated_orders (
+    order_id        bigint PRIMARY KEY  -- an order the generator wrote (and may delete on a re-run)
+);
 CREATE TABLE IF NOT EXISTS {META_SCHEMA}.runs (
     run_id          bigserial PRIMARY KEY,
     finished_at     timestamptz NOT NULL DEFAULT now(),
@@ -85,7 +95,12 @@ class OrdersDb:
                 f"the orders schema is missing in {self.url} (no table {', '.join(missing)}): run `ecom-ml db migrate`"
             )
         self._cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        self._cur.execute(f"SELECT to_regclass('{META_SCHEMA}.generated_orders') IS NULL")
+        (unrecorded,) = self._cur.fetchone()
         self._cur.execute(_META_DDL)
+        if unrecorded:  # generated before the record existed: the generator's orders carry its mark
+            self._cur.execute(f"INSERT INTO {META_SCHEMA}.generated_orders (order_id) "
+                              "SELECT order_id FROM orders WHERE external_ref = 'G' || order_id::text")
         self._cur.execute(
             f"SELECT format_version, seed, orders_per_day, customers, products, anchor, generated_end "
             f"FROM {META_SCHEMA}.state"
@@ -187,10 +202,38 @@ class OrdersDb:
     # -- rows -------------------------------------------------------------------------------------
 
     def delete_orders(self, first_id: int, end_id: int) -> int:
-        """Remove orders with ids in [first_id, end_id) and their lines (a re-run replaces its days)."""
-        self._cur.execute("DELETE FROM order_items WHERE order_id >= %s AND order_id < %s", (first_id, end_id))
-        self._cur.execute("DELETE FROM orders WHERE order_id >= %s AND order_id < %s", (first_id, end_id))
-        return self._cur.rowcount
+        """Remove the generated orders with ids in [first_id, end_id) and their lines (a re-run replaces its days).
+
+        Only ids in the generator's record: an order anything else wrote into the id range stays.
+        """
+        self._cur.execute(
+            f"""CREATE TEMP TABLE generator_replaced ON COMMIT DROP AS
+                SELECT order_id FROM {META_SCHEMA}.generated_orders WHERE order_id >= %s AND order_id < %s""",
+            (first_id, end_id),
+        )
+        self._cur.execute("DELETE FROM order_items i USING generator_replaced r WHERE i.order_id = r.order_id")
+        self._cur.execute("DELETE FROM orders o USING generator_replaced r WHERE o.order_id = r.order_id")
+        deleted = self._cur.rowcount
+        self._cur.execute(f"DELETE FROM {META_SCHEMA}.generated_orders g USING generator_replaced r "
+                          "WHERE g.order_id = r.order_id")
+        self._cur.execute("DROP TABLE generator_replaced")
+        return deleted
+
+    def foreign_orders(self, start: date, end: date) -> tuple[int, str | None]:
+        """Orders created in days [start, end) that the generator did not write: (count, an example ref)."""
+        self._cur.execute(
+            f"""SELECT count(*), min(o.external_ref) FROM orders o
+                WHERE o.created_at >= (%s::date)::timestamp AT TIME ZONE 'UTC'
+                  AND o.created_at < (%s::date)::timestamp AT TIME ZONE 'UTC'
+                  AND NOT EXISTS (SELECT 1 FROM {META_SCHEMA}.generated_orders g WHERE g.order_id = o.order_id)""",
+            (start, end),
+        )
+        count, example = self._cur.fetchone()
+        return int(count), example
+
+    def record_generated(self, order_ids: np.ndarray) -> None:
+        """Add a day's order ids to the generator's record."""
+        self._copy(f"{META_SCHEMA}.generated_orders", ("order_id",), [pgcopy.int8(order_ids)])
 
     def copy_customers(self, world: World, first_id: int, last_id: int) -> int:
         """Customers with ids in [first_id, last_id]."""

@@ -150,6 +150,7 @@ class _Day:
     faults: FaultCounts
     orders_payload: bytes
     lines_payload: bytes
+    order_ids: np.ndarray
 
 
 def _simulate(world: World, config: GeneratorConfig, header: DayHeader, as_of_us: int) -> _Day:
@@ -159,7 +160,7 @@ def _simulate(world: World, config: GeneratorConfig, header: DayHeader, as_of_us
     _check_references(world, orders, lines)
     status, updated = order_states(orders, as_of_us)
     return _Day(header, len(orders), len(lines), np.bincount(status, minlength=len(STATUSES)), faults,
-                encode_orders(orders, status, updated), encode_lines(lines))
+                encode_orders(orders, status, updated), encode_lines(lines), orders.order_id.copy())
 
 
 def _check_references(world: World, orders: DayOrders, lines: DayLines) -> None:
@@ -238,6 +239,15 @@ def generate(url: str, config: GeneratorConfig, progress: bool = True) -> Genera
         headers = timeline.headers(config.start, config.end)
         summary.promotions = [(h.day, h.promo) for h in headers if h.promo is not None]
 
+        if stored is not None and not config.alongside_imported:
+            foreign, example = db.foreign_orders(config.start, config.end)
+            if foreign:
+                raise GeneratorError(
+                    f"{db.url} holds {foreign:,} order(s) the generator did not write between {config.start} and "
+                    f"{config.end} (e.g. {example!r}), imported or the shop's own: refusing to mix generated orders "
+                    "into those days; pass --alongside-imported to generate anyway (those orders are kept)"
+                )
+
         if previous_end is not None and config.start < previous_end:
             replaced = [h for h in headers if h.day < previous_end]
             summary.replaced_orders = db.delete_orders(replaced[0].order_id_base,
@@ -256,6 +266,7 @@ def generate(url: str, config: GeneratorConfig, progress: bool = True) -> Genera
             for day in days:
                 db.copy_orders(day.orders_payload)
                 db.copy_lines(day.lines_payload)
+                db.record_generated(day.order_ids)
                 summary.add_day(day.orders, day.lines, day.statuses, day.faults)
                 bar.update(1)
                 bar.set_postfix_str(f"{summary.lines / (time.perf_counter() - started):,.0f} lines/s")

@@ -12,8 +12,8 @@ The pipeline, one module per step:
 
 Accounting: every row read is exactly one of an order line (accepted), a cancellation line linked
 to an order, or a rejected row, and the result checks that this holds before anything is written.
-A file that cannot be imported as a whole (missing, empty, wrong header, bad encoding, a column
-mostly unparseable) raises an ``EcomError`` naming the file and the line or column, and writes
+A file that cannot be imported as a whole (missing, empty, truncated, wrong header, bad encoding, a
+column mostly unparseable) raises an ``EcomError`` naming the file and the line or column, and writes
 nothing. The default mapping reads Online Retail II (Chen, 2019, UCI ML Repository,
 doi:10.24432/C5CG6D, CC BY 4.0).
 """
@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from ecom_ml.importer.cancellations import link_cancellations
 from ecom_ml.importer.derive import Tables, build_tables
-from ecom_ml.importer.load import DatabaseError, LoadCounts, connect, load_tables
+from ecom_ml.importer.load import DatabaseError, ImportConflict, LoadCounts, connect, load_tables
 from ecom_ml.importer.mapping import Mapping, MappingError, load_mapping
 from ecom_ml.importer.read import Source, SourceError, read_source
 from ecom_ml.importer.rejects import RejectFileError, default_rejects_path, discard, publish, write_rejects
@@ -42,6 +42,7 @@ from ecom_ml.importer.rules import REASONS, Classified, classify
 __all__ = [
     "REASONS",
     "DatabaseError",
+    "ImportConflict",
     "ImportResult",
     "Mapping",
     "MappingError",
@@ -109,6 +110,10 @@ class ImportResult:
             f"order lines: {load.items_new:,} new"
             + (" (lines of orders already present are not re-imported)" if load.orders_present else "")
         )
+        if load.conflicts:
+            shown = ", ".join(c.describe() for c in load.conflicts[:3])
+            out.append(f"conflicts:   {len(load.conflicts):,} invoice(s) already present with other lines, left as "
+                       f"they are (--skip-conflicts): {shown}" + (" ..." if len(load.conflicts) > 3 else ""))
         out.append(f"customers:   {load.customers_new:,} new" + _present(load.customers_present))
         out.append(f"products:    {load.products_new:,} new" + _present(load.products_present))
         return "\n".join(out)
@@ -153,11 +158,13 @@ def import_file(
     mapping: Path | None = None,
     rejects: Path | None = None,
     progress: bool = True,
+    on_conflict: str = "refuse",
 ) -> ImportResult:
     """Import ``source`` into the orders database at ``url``, all or nothing.
 
     ``mapping`` defaults to the packaged Online Retail II mapping, ``rejects`` to
-    ``default_rejects_path(source)``. Raises an ``EcomError`` subclass for anything the user can fix.
+    ``default_rejects_path(source)``. Raises an ``EcomError`` subclass for anything the user can fix;
+    an invoice already present with other lines raises ``ImportConflict`` unless ``on_conflict="skip"``.
     """
     from ecom_ml.db import redact_url as _safe  # the one place that hides passwords in URLs
 
@@ -169,7 +176,7 @@ def import_file(
     bar = _Progress(progress, source)
     try:
         plan = _plan(source, spec, bar)
-        load = _write(url, safe_url, plan, rejects_path, bar)
+        load = _write(url, safe_url, plan, rejects_path, bar, on_conflict)
     finally:
         bar.close()
     return ImportResult(
@@ -236,12 +243,12 @@ def _plan(source: Path, spec: Mapping, bar: _Progress) -> _Plan:
     return plan
 
 
-def _write(url: str, safe_url: str, plan: _Plan, rejects_path: Path, bar: _Progress) -> LoadCounts:
+def _write(url: str, safe_url: str, plan: _Plan, rejects_path: Path, bar: _Progress, on_conflict: str) -> LoadCounts:
     """Load and write the reject file in one transaction; the reject file appears only after the commit."""
     with connect(url, safe_url) as conn:
         temporary = None
         try:
-            load = load_tables(conn, plan.tables, safe_url, bar.step)
+            load = load_tables(conn, plan.tables, safe_url, bar.step, on_conflict)
             bar.step("reject file")
             temporary = write_rejects(rejects_path, plan.source, plan.verdicts.reason, plan.verdicts.detail)
             bar.step("commit")

@@ -11,6 +11,10 @@ Why this shape:
   no sequence ever needs bumping; rows already present are filtered out before the INSERT as well,
   so a re-run does not burn identity values on conflicts (ON CONFLICT stays as the guard against a
   concurrent writer).
+* **An invoice already present with other lines is a conflict, never a silent skip.** Skipping it
+  as "already present" would keep, for good, an invoice that an earlier (say, truncated) import
+  stored with only some of its lines. The import is refused naming the invoices, unless the caller
+  asks to skip them (``on_conflict="skip"``), in which case they are still counted and named.
 * **One transaction, committed by the caller.** Every step runs in the connection's open
   transaction and nothing here commits: a failure anywhere (including the caller's own steps
   after loading) rolls back to exactly the state before. The staging tables are ``ON COMMIT DROP``
@@ -75,6 +79,22 @@ class DatabaseError(EcomError):
     """The orders database is unreachable or lacks the orders schema."""
 
 
+class ImportConflict(EcomError):
+    """Invoices in the file are already in the database with different lines; nothing was imported."""
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """An invoice present in the database whose lines differ from the file's."""
+
+    order_ref: str
+    lines_in_db: int
+    lines_in_file: int
+
+    def describe(self) -> str:
+        return f"{self.order_ref} ({self.lines_in_db} lines in the database, {self.lines_in_file} in the file)"
+
+
 @dataclass
 class LoadCounts:
     """What the load did: per table, rows new now and rows skipped as already present."""
@@ -88,6 +108,7 @@ class LoadCounts:
     items_new: int = 0
     orders_new_by_status: dict[str, int] = field(default_factory=dict)
     present_examples: list[str] = field(default_factory=list)  # a few invoices skipped as present
+    conflicts: list[Conflict] = field(default_factory=list)  # present invoices whose lines differ (skipped)
 
 
 @contextmanager
@@ -105,15 +126,34 @@ def connect(url: str, safe_url: str) -> Iterator[Connection]:
 
 
 def load_tables(
-    conn: Connection, tables: Tables, safe_url: str, step: Callable[[str], None] = lambda _: None
+    conn: Connection,
+    tables: Tables,
+    safe_url: str,
+    step: Callable[[str], None] = lambda _: None,
+    on_conflict: str = "refuse",
 ) -> LoadCounts:
-    """Stage and insert ``tables`` inside ``conn``'s open transaction; the caller commits or rolls back."""
+    """Stage and insert ``tables`` inside ``conn``'s open transaction; the caller commits or rolls back.
+
+    ``on_conflict``: ``"refuse"`` raises :class:`ImportConflict` when an invoice already present has
+    other lines than the file's; ``"skip"`` leaves those invoices as they are and reports them.
+    """
+    if on_conflict not in ("refuse", "skip"):
+        raise ValueError(f"on_conflict must be 'refuse' or 'skip', not {on_conflict!r}")
     counts = LoadCounts()
     with conn.cursor() as cur:
         try:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
             step("staging")
             _stage(cur, tables)
+            counts.conflicts = _conflicts(cur)
+            if counts.conflicts and on_conflict == "refuse":
+                shown = ", ".join(c.describe() for c in counts.conflicts[:3])
+                more = f" and {len(counts.conflicts) - 3:,} more" if len(counts.conflicts) > 3 else ""
+                raise ImportConflict(
+                    f"{len(counts.conflicts):,} invoice(s) already in {safe_url} have other lines than this file: "
+                    f"{shown}{more}; nothing was imported (delete those orders and import again, or pass "
+                    "--skip-conflicts to import the rest and leave them as they are)"
+                )
             step("customers")
             counts.customers_new = _insert_customers(cur)
             step("products")
@@ -139,6 +179,24 @@ def load_tables(
         )
         counts.present_examples = [row[0] for row in cur.fetchall()]
     return counts
+
+
+def _conflicts(cur: Cursor) -> list[Conflict]:
+    """Invoices of the file already present whose lines (number, SKU, quantity, price) differ."""
+    cur.execute(
+        """WITH present AS (
+               SELECT s.external_ref, o.order_id FROM import_orders s JOIN orders o USING (external_ref)),
+           f AS (SELECT i.order_ref AS ref, i.line_no, i.sku, i.quantity, i.unit_price
+                 FROM import_items i JOIN present p ON p.external_ref = i.order_ref),
+           d AS (SELECT p.external_ref AS ref, oi.line_no, pr.sku, oi.quantity, oi.unit_price
+                 FROM present p JOIN order_items oi ON oi.order_id = p.order_id
+                 JOIN products pr ON pr.product_id = oi.product_id),
+           differ AS (SELECT ref FROM ((SELECT * FROM f EXCEPT ALL SELECT * FROM d)
+                                       UNION ALL (SELECT * FROM d EXCEPT ALL SELECT * FROM f)) x GROUP BY ref)
+           SELECT x.ref, (SELECT count(*) FROM d WHERE d.ref = x.ref), (SELECT count(*) FROM f WHERE f.ref = x.ref)
+           FROM differ x ORDER BY x.ref"""
+    )
+    return [Conflict(ref, int(in_db), int(in_file)) for ref, in_db, in_file in cur.fetchall()]
 
 
 def _stage(cur: Cursor, tables: Tables) -> None:

@@ -43,6 +43,7 @@ class SourceFormat:
     delimiter: str
     quotechar: str
     compression: str  # "auto" (gzip when named .gz or starting with gzip magic bytes), "gzip" or "none"
+    require_final_newline: bool = True  # a file that stops mid-line is refused as truncated
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,8 @@ class _Parser:
 
     def source(self, data: Any) -> SourceFormat:
         key = "source"
-        src = self.section(data, key, (), ("format", "encoding", "delimiter", "quotechar", "compression"))
+        src = self.section(data, key, (), ("format", "encoding", "delimiter", "quotechar", "compression",
+                                          "require_final_newline"))
         encoding = self.text(src, key, "encoding", "utf-8")
         try:
             "".encode(encoding)
@@ -237,6 +239,7 @@ class _Parser:
             delimiter=delimiter,
             quotechar=quotechar,
             compression=self.choice(src, key, "compression", ("auto", "gzip", "none"), "auto"),
+            require_final_newline=self.flag(src, key, "require_final_newline", True),
         )
 
     def columns(self, data: Any) -> Columns:

@@ -10,6 +10,12 @@ line per record. Anything else (quoted fields spanning lines, rows with too many
 quoting) falls back to the standard ``csv`` module, which is ~4x slower but knows where every
 record starts. Rows with the wrong number of fields are kept, flagged, and rejected later, so one
 stray delimiter does not cost the whole import.
+
+A truncated file (a copy or download cut short) is refused whole, before anything is parsed into
+the database: its last record is damaged in a way no row rule can see (a country cut to
+``United Ki`` is a valid string), and loading the rest would load the last invoice with only some
+of its lines. The signs are a file that does not end with a newline (``source.require_final_newline``,
+on by default), a last record with fewer fields than the header, and a gzip stream that ends early.
 """
 
 from __future__ import annotations
@@ -59,12 +65,39 @@ def read_source(path: Path, mapping: Mapping) -> Source:
     fmt = mapping.source
     header = next(csv.reader(io.StringIO(text, newline=""), delimiter=fmt.delimiter, quotechar=fmt.quotechar))
     _check_header(path, header, mapping)
+    _refuse_unterminated(path, text, mapping)
     source = _parse_fast(path, text, header, mapping)
     if source is None:
         source = _parse_exact(path, text, header, mapping)
     if len(source) == 0:
         raise SourceError(f"{path}: the file has a header but no data rows")
+    _refuse_short_last_row(source)
     return source
+
+
+_TRUNCATED = "the file looks truncated (a cut copy or download); nothing was imported: copy or export it again whole"
+
+
+def _refuse_unterminated(path: Path, text: str, mapping: Mapping) -> None:
+    """A file that stops mid-line has lost the end of its last row (and maybe more rows)."""
+    if text.endswith("\n") or not mapping.source.require_final_newline:
+        return
+    line = text.count("\n") + 1
+    tail = text[text.rfind("\n") + 1 :]
+    shown = tail if len(tail) <= 60 else "..." + tail[-57:]
+    raise SourceError(
+        f"{path}: line {line}: the file ends without a newline, in the middle of {shown!r}; {_TRUNCATED} "
+        f"(or set source.require_final_newline: false in {mapping.path.name} if this shop's exports never end "
+        "with one)"
+    )
+
+
+def _refuse_short_last_row(source: Source) -> None:
+    """A last record with fewer fields than the header is the end of a cut file, not one bad row."""
+    width, last = len(source.header), int(source.field_counts[-1])
+    if last < width:
+        raise SourceError(f"{source.path}: line {int(source.lines[-1])}: the last row has {last} of {width} fields; "
+                          f"{_TRUNCATED}")
 
 
 def _read_bytes(path: Path, mapping: Mapping) -> bytes:
@@ -85,7 +118,9 @@ def _read_bytes(path: Path, mapping: Mapping) -> bytes:
         return raw
     try:
         return gzip.decompress(raw)
-    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+    except EOFError:
+        raise SourceError(f"{path}: the gzip stream ends early; {_TRUNCATED}") from None
+    except (gzip.BadGzipFile, zlib.error) as exc:
         raise SourceError(
             f"{path}: not a valid gzip file ({exc}); "
             f"set source.compression: none in {mapping.path.name} if it is plain text"

@@ -42,6 +42,7 @@ REASONS: dict[str, str] = {
     "nonpositive_quantity": "an order line (not a cancellation) with quantity <= 0",
     "nonnegative_cancellation_quantity": "a cancellation line with quantity >= 0 (it cancels nothing)",
     "duplicate_row": "every field equals an earlier row's (the export recorded the line twice)",
+    "incomplete_invoice": "another line of the same invoice could not be read, so none of its lines is loaded",
     "unlinked_cancellation": "a cancellation line with no earlier order it can cancel (see cancellations.py)",
 }
 
@@ -93,7 +94,29 @@ def classify(source: Source, mapping: Mapping) -> Classified:
     _reject_non_order_lines(out, mapping)
     if mapping.rules.reject_duplicate_rows:
         _reject_duplicates(out, source)
+    _reject_incomplete_invoices(out)
     return out
+
+
+#: Reasons that mean "this line was in the invoice but we cannot tell what it held".
+_UNREADABLE = ("wrong_field_count", "missing_value", "bad_timestamp", "bad_number")
+
+
+def _reject_incomplete_invoices(out: Classified) -> None:
+    """An invoice is loaded with all its lines or not at all.
+
+    A line rejected for a rule (a fee code, a zero price, a repeat) is not an order line and the
+    invoice is whole without it; a line that could not be *read* was an order line we lost, and
+    loading the others would store a different basket, which a later import can no longer repair.
+    """
+    refs = out.rows["order_ref"]
+    broken = pd.Series(out.reason).isin(_UNREADABLE).to_numpy() & (refs != "").to_numpy()
+    if not broken.any():
+        return
+    first_bad = pd.Series(out.rows["line"].to_numpy()[broken], index=refs.to_numpy()[broken]).groupby(level=0).min()
+    mask = refs.isin(first_bad.index).to_numpy()
+    out.reject(mask, "incomplete_invoice",
+               lambda hit: [f"line {first_bad[ref]} of invoice {ref} could not be read" for ref in refs.iloc[hit]])
 
 
 @dataclass(frozen=True)
