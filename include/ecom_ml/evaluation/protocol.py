@@ -238,7 +238,6 @@ class EvalResult:
             "protocol": dict(self.protocol),
             "per_unit": {
                 "unit": "customer",
-                "n": self.n_customers,
                 "digest": self.units_digest,
                 "values": {
                     name: [_json_number(round(float(v), 6)) for v in values]
