@@ -19,7 +19,11 @@ invoice took back all or part of them); design.md's recipe only drops the ``C`` 
 the registry's trainer, exactly as the pipeline does) and scores it on the same holdout, so its
 figures on real data stand beside the baselines.
 
-Usage: .venv/bin/python bench/baselines_retail.py [--all-orders] [--model] [--keep]
+``--ranker`` also trains the learned ranker (``ecom_ml.models.ranker``: candidates from the
+customer's own items and EASE, a Keras scorer over their features) on the same training split and
+scores it in the same run, with its training time and top-10 latency.
+
+Usage: .venv/bin/python bench/baselines_retail.py [--all-orders] [--model] [--ranker] [--keep]
 """
 
 from __future__ import annotations
@@ -103,7 +107,18 @@ def train_model(features: dict[str, pa.Table], holdout_days: int) -> object:
     return kind.load(done["model_uri"])
 
 
-def run(tables: dict[str, pa.Table], label: str, with_model: bool = False) -> None:
+def train_ranker(features: dict[str, pa.Table], split) -> object:
+    """The learned ranker on everything before the holdout, with the items' prices as a feature."""
+    import pandas as pd
+
+    from ecom_ml.models.ranker import LearnedRanker
+
+    items = features["items"]
+    prices = pd.Series(items.column("price").to_numpy(), index=items.column("product_id").to_numpy())
+    return LearnedRanker(split.train, split.cutoff, prices=prices, verbose=True)
+
+
+def run(tables: dict[str, pa.Table], label: str, with_model: bool = False, with_ranker: bool = False) -> None:
     window_days = (TEST_LAST - FIRST_DAY).days + 1
     holdout_days = (TEST_LAST - TEST_FIRST).days + 1
     t0 = time.perf_counter()
@@ -114,7 +129,9 @@ def run(tables: dict[str, pa.Table], label: str, with_model: bool = False) -> No
     baselines = all_baselines(split)
     t2 = time.perf_counter()
     holdout = prepare_holdout(split)
-    contenders = [*baselines, train_model(features, holdout_days)] if with_model else baselines
+    contenders = [*baselines, train_model(features, holdout_days)] if with_model else list(baselines)
+    if with_ranker:
+        contenders.append(train_ranker(features, split))
     results = evaluate_many(contenders, split)
     t3 = time.perf_counter()
     first = results[0]
@@ -135,7 +152,7 @@ def run(tables: dict[str, pa.Table], label: str, with_model: bool = False) -> No
     histories = [holdout.histories[i] for i in np.searchsorted(holdout.customer_ids, sample)]
     print("   latency, one request top-10 (CPU): " + "; ".join(
         f"{b.name} p50 {lat['p50_ms']:.2f} ms p99 {lat['p99_ms']:.2f} ms"
-        for b in baselines
+        for b in contenders
         for lat in [measure_latency(single_requests(b, sample, histories), n=200)]
     ))
 
@@ -158,6 +175,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--all-orders", action="store_true", help="also evaluate with cancelled/refunded orders kept")
     parser.add_argument("--model", action="store_true", help="also train and score the two-tower recommender")
+    parser.add_argument("--ranker", action="store_true", help="also train and score the learned ranker")
     parser.add_argument("--keep", action="store_true", help=f"keep the {DB} database afterwards")
     args = parser.parse_args()
     if not RETAIL.exists():
@@ -169,9 +187,10 @@ def main() -> None:
     finally:
         if not args.keep:
             _admin(cfg, f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
-    run(tables, "project interactions (cancelled and refunded orders left out)", with_model=args.model)
+    run(tables, "project interactions (cancelled and refunded orders left out)", with_model=args.model,
+        with_ranker=args.ranker)
     if args.all_orders:
-        run(_all_orders(tables), "every order's lines (design.md's cleaning recipe)")
+        run(_all_orders(tables), "every order's lines (design.md's cleaning recipe)", with_ranker=args.ranker)
 
 
 if __name__ == "__main__":

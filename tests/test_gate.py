@@ -209,6 +209,8 @@ def test_same_mean_different_spread_different_verdicts(config):
     assert calm_ci["estimate"] == pytest.approx(wild_ci["estimate"]) == pytest.approx(0.02)
     # 0.30 spread over 400 customers: standard error 0.015, so the 95% interval reaches below the margin
     assert wild_ci["low"] < wild_ci["required"] < wild_ci["estimate"] < wild_ci["high"]
+    assert f"low end {wild_ci['low']:+.4f} < required {wild_ci['required']:+.4f}" in _check(wild, "beats_best_baseline").detail
+    assert f"low end {calm_ci['low']:+.4f} >= required" in _check(calm, "beats_best_baseline").detail
     assert wild_ci["high"] - wild_ci["low"] == pytest.approx(2 * 1.96 * 0.30 / np.sqrt(N_UNITS), rel=0.2)
     assert wild_ci["n_units"] == N_UNITS and wild_ci["resamples"] == 1000 and wild_ci["unit"] == "customer"
     # The point estimate alone would have passed both: the interval is what decides.

@@ -566,7 +566,10 @@ def _interval(cfg: GateConfig, candidate: Mapping[str, Any], reference: Mapping[
 
 
 def _interval_detail(ci: dict[str, Any], margin_text: str) -> str:
-    side = ">=" if ci["bound"] == "low" else "<="
+    if ci["bound"] == "low":
+        side = ">=" if ci["passed"] else "<"
+    else:
+        side = "<=" if ci["passed"] else ">"
     return (f"candidate - {ci['reference']} {ci['estimate']:+.4f}, {ci['confidence']:.0%} interval "
             f"[{ci['low']:+.4f}, {ci['high']:+.4f}] over {ci['n_units']:,} {ci['unit']}s ({ci['resamples']} paired "
             f"resamples); {ci['bound']} end {ci[ci['bound']]:+.4f} {side} required {ci['required']:+.4f} ({margin_text})")
