@@ -64,6 +64,8 @@ def ease_weights(bought: sp.csr_matrix, l2: float) -> np.ndarray:
     gram[np.diag_indices(m)] += l2
     factor = scipy.linalg.cho_factor(gram, lower=True, overwrite_a=True, check_finite=False)
     precision = scipy.linalg.cho_solve(factor, np.eye(m), overwrite_b=True, check_finite=False)
-    weights = precision / (-np.diag(precision))[None, :]
+    # C order: LAPACK hands back Fortran order, and scipy's sparse @ dense would copy all m^2 values
+    # on every scoring call to fix that (70 ms per request at m = 4,000).
+    weights = np.ascontiguousarray(precision / (-np.diag(precision))[None, :])
     weights[np.diag_indices(m)] = 0.0
     return weights
