@@ -142,6 +142,7 @@ def run(tables: dict[str, pa.Table], label: str, with_model: bool = False, with_
           f"{first.n_head_items} head items   (design.md: {REFERENCE_FACTS})")
     print(f"   features+split {t1 - t0:.2f} s, baselines built {t2 - t1:.2f} s, evaluated {t3 - t2:.2f} s")
     _table(results)
+    _intervals(results, len(baselines))
     for r in results:
         if "tuning" in r.params:
             p = {k: v for k, v in r.params.items() if k in ("l2", "half_life_days", "weight", "modelled_items")}
@@ -155,6 +156,21 @@ def run(tables: dict[str, pa.Table], label: str, with_model: bool = False, with_
         for b in contenders
         for lat in [measure_latency(single_requests(b, sample, histories), n=200)]
     ))
+
+
+def _intervals(results: list[EvalResult], n_baselines: int) -> None:
+    """Paired bootstrap 95% interval (1,000 resamples, seed 0, as the gate) of NDCG@10 differences:
+    the best baseline vs the repeat baseline, and every other contender vs the best baseline."""
+    from ecom_ml.evaluation.bootstrap import paired_bootstrap
+
+    baselines = results[:n_baselines]
+    best = max(baselines, key=lambda r: r["ndcg@10"])
+    repeat = next(r for r in baselines if r.recommender == "repeat")
+    pairs = [(best, repeat)] + [(r, best) for r in results[n_baselines:]]
+    for a, b in pairs:
+        ci = paired_bootstrap(a.per_customer["ndcg@10"], b.per_customer["ndcg@10"])
+        print(f"   NDCG@10 {a.recommender} - {b.recommender}: {ci.estimate:+.4f}, 95% interval "
+              f"[{ci.low:+.4f}, {ci.high:+.4f}] over {ci.n_units:,} customers")
 
 
 def _table(results: list[EvalResult]) -> None:

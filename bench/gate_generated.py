@@ -9,7 +9,11 @@ and every baseline on one holdout, with serving cost) and the recommender gate o
 Prints each contender's metrics and the gate's checks with their bootstrap intervals. Measured and
 printed, never asserted.
 
-Usage: .venv/bin/python bench/gate_generated.py [--days 35] [--orders-per-day 1500] [--seed 7]
+``--ranker`` also trains the learned ranker (``ecom_ml.models.ranker``, labels over windows of the
+holdout's length) on the same training split, scores it on the same holdout and shows the gate's
+baseline comparison for it (it is not a registered model kind, so the size budget does not apply).
+
+Usage: .venv/bin/python bench/gate_generated.py [--days 35] [--orders-per-day 1500] [--seed 7] [--ranker]
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=35)
     parser.add_argument("--orders-per-day", type=int, default=1500)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--ranker", action="store_true", help="also train and gate the learned ranker")
     args = parser.parse_args()
     cfg = settings_mod.load()
     start(cfg)
@@ -82,6 +87,30 @@ def main() -> None:
     print(report.summary_line())
     for check in report.checks:
         print(f"  {check.name:<28}{check.result:<6}{check.detail}")
+    if args.ranker:
+        _ranker(lake, last, training, evaluation)
+
+
+def _ranker(lake: Lake, last: date, training: TrainingSettings, evaluation: dict) -> None:
+    from ecom_ml.evaluation.cost import measure_latency, single_requests
+    from ecom_ml.evaluation.protocol import evaluate, prepare_holdout, time_split
+    from ecom_ml.features.recommender import read_features
+    from ecom_ml.models.ranker import LearnedRanker, RankerParams
+
+    features = read_features(lake, last)
+    split = time_split(features["interactions"], last, holdout_days=training.holdout_days)
+    holdout = prepare_holdout(split, history_len=training.history_len)
+    ranker = LearnedRanker(split.train, split.cutoff, RankerParams(label_days=training.holdout_days), verbose=True)
+    r = evaluate(ranker, split, history_len=training.history_len, holdout=holdout).to_dict()
+    ids = holdout.customer_ids[:200]
+    r["cost"] = measure_latency(single_requests(ranker, ids, holdout.histories[: len(ids)], k=10))
+    print(f"
+learned_ranker            {r['ndcg@10']:.4f}  {r['recall@10']:.4f}  R@50 {r['recall@50']:.4f}  "
+          f"rep {r['recall_repeat@10']:.4f}  expl {r['recall_explore@10']:.4f}  new {r['slices']['new']['recall@10']:.4f}  "
+          f"p99 {r['cost']['p99_ms']:.2f} ms")
+    report = evaluate_gate("recommender", r, None, evaluation["baselines"])
+    check = next(c for c in report.checks if c.name == "beats_best_baseline")
+    print(f"  ranker as candidate: {check.name} {check.result}: {check.detail}")
 
 
 if __name__ == "__main__":
