@@ -104,8 +104,7 @@ def _ranker(lake: Lake, last: date, training: TrainingSettings, evaluation: dict
     r = evaluate(ranker, split, history_len=training.history_len, holdout=holdout).to_dict()
     ids = holdout.customer_ids[:200]
     r["cost"] = measure_latency(single_requests(ranker, ids, holdout.histories[: len(ids)], k=10))
-    print(f"
-learned_ranker            {r['ndcg@10']:.4f}  {r['recall@10']:.4f}  R@50 {r['recall@50']:.4f}  "
+    print(f"\nlearned_ranker            {r['ndcg@10']:.4f}  {r['recall@10']:.4f}  R@50 {r['recall@50']:.4f}  "
           f"rep {r['recall_repeat@10']:.4f}  expl {r['recall_explore@10']:.4f}  new {r['slices']['new']['recall@10']:.4f}  "
           f"p99 {r['cost']['p99_ms']:.2f} ms")
     report = evaluate_gate("recommender", r, None, evaluation["baselines"])

@@ -195,7 +195,7 @@ class EvalResult:
 
     recommender: str
     metrics: dict[str, float]  # recall@K, ndcg@K
-    slices: dict[str, dict[str, float | int]]  # new, returning, head_items, tail_items
+    slices: dict[str, dict[str, float | int]]  # new, returning, head_items, tail_items, repeat_items, explore_items
     n_customers: int
     n_catalogue: int
     n_head_items: int
