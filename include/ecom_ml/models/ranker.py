@@ -209,11 +209,11 @@ def _labels(test: pd.DataFrame, customer_ids: np.ndarray, rows: np.ndarray, code
 
 def _scorer(n_features: int, params: RankerParams, mean: np.ndarray, std: np.ndarray) -> Any:
     import keras
-    from keras import ops
 
     keras.utils.set_random_seed(params.seed)
     inputs = keras.Input(shape=(n_features,))
-    x = keras.layers.Lambda(lambda t: (t - ops.convert_to_tensor(mean)) / ops.convert_to_tensor(std))(inputs)
+    # Standardisation as a layer with fixed statistics: saved with the model, no Python closure.
+    x = keras.layers.Normalization(mean=mean, variance=np.square(std))(inputs)
     x = keras.layers.Dense(params.hidden, activation="relu")(x)
     x = keras.layers.Dense(params.hidden, activation="relu")(x)
     out = keras.layers.Dense(1)(x)
