@@ -11,7 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from ecom_ml.evaluation.baselines import CoPurchaseBaseline, PopularityBaseline, RepeatBaseline, all_baselines
+from ecom_ml.evaluation.baselines import CoPurchaseBaseline, PopularityBaseline, RepeatBaseline
+from ecom_ml.evaluation.tuning import all_baselines
 from ecom_ml.evaluation.cost import measure_latency, model_size_bytes, single_requests
 from ecom_ml.evaluation.metrics import hit_matrix, ndcg_at_k, recall_at_k
 from ecom_ml.evaluation.protocol import (
@@ -32,13 +33,16 @@ def _t(text: str) -> datetime:
 
 
 def interactions(rows: list[tuple[int, int, str]]) -> pa.Table:
-    """(customer, product, time) rows as an interactions table."""
+    """(customer, product, time) rows as an interactions table; the lines of one customer at one
+    time are one order (``order_id``), as in the feature build."""
     customers, products, times = zip(*rows, strict=True) if rows else ((), (), ())
+    orders = {key: i + 1 for i, key in enumerate(dict.fromkeys(zip(customers, times)))}
     return pa.table(
         {
             "customer_id": pa.array(customers, pa.int64()),
             "product_id": pa.array(products, pa.int64()),
             "ts": pa.array([_t(t) for t in times], pa.timestamp("us", tz="UTC")),
+            "order_id": pa.array([orders[key] for key in zip(customers, times)], pa.int64()),
         }
     )
 
@@ -143,6 +147,19 @@ def test_evaluate_scores_every_test_customer_by_hand(split):
     assert result.slices["new"]["n_customers"] == 1 and result.slices["returning"]["n_customers"] == 1
 
 
+def test_repeat_and_explore_recall_by_hand(split):
+    # customer 1 bought {10, 11} before: relevant 10 is a repeat, 13 is new to them (explore);
+    # customer 3 is new: both 11 and 99 are explore items.
+    result = evaluate(Fixed({1: [13, 12]}, default=[11, 10]), split, ks=(2,))
+    rep, expl = result.slices["repeat_items"], result.slices["explore_items"]
+    assert (rep["n_customers"], rep["n_relevant"], expl["n_customers"], expl["n_relevant"]) == (1, 1, 2, 3)
+    assert result["recall_repeat@2"] == 0.0  # customer 1's repeat item 10 is not in [13, 12]
+    assert result["recall_explore@2"] == pytest.approx((1.0 + 0.5) / 2)  # 13 found; 11 of {11, 99}
+    assert result.per_customer["recall@2"].tolist() == [0.5, 0.5]
+    again = evaluate(Fixed({1: [10, 13]}, default=[12, 12]), split, ks=(2,))
+    assert again["recall_repeat@2"] == 1.0 and again["recall_explore@2"] == pytest.approx((1.0 + 0.0) / 2)
+
+
 def test_new_customers_count_with_their_fallback_not_dropped(split):
     result = evaluate(Fixed({1: [10, 13]}, default=[12, 12]), split, ks=(2,))
     assert result["recall@2"] == pytest.approx((1.0 + 0.0) / 2)  # the new customer's miss is averaged in
@@ -184,9 +201,12 @@ def test_slices_add_up_on_a_random_shop():
     products = rng.zipf(1.5, n) % 60 + 1
     rows = [(int(c), int(p), f"2024-02-{d:02d} 12:00") for c, p, d in zip(customers, products, days, strict=True)]
     split = time_split(interactions(rows), date(2024, 2, 28), holdout_days=7)
-    for result in evaluate_many(all_baselines(split.train), split, ks=(5, 10)):
+    results = evaluate_many(all_baselines(split), split, ks=(5, 10))
+    assert len(results) == 6
+    for result in results:
         doc = json.loads(json.dumps(result.to_dict()))
-        assert doc["recommender"] == result.recommender and set(doc["slices"]) == {"new", "returning", "head_items", "tail_items"}
+        assert doc["recommender"] == result.recommender and set(doc["slices"]) == {
+            "new", "returning", "head_items", "tail_items", "repeat_items", "explore_items"}
         new, ret = result.slices["new"], result.slices["returning"]
         assert new["n_customers"] > 0 and ret["n_customers"] > 0
         assert new["n_customers"] + ret["n_customers"] == result.n_customers
@@ -198,6 +218,18 @@ def test_slices_add_up_on_a_random_shop():
         assert head["n_relevant"] + tail["n_relevant"] == pairs
         assert max(head["n_customers"], tail["n_customers"]) <= result.n_customers <= head["n_customers"] + tail["n_customers"]
         assert 0.0 <= result["recall@5"] <= result["recall@10"] <= 1.0
+        # repeat / explore (Li et al.): every relevant pair is one or the other; a new customer has no repeats
+        rep, expl = result.slices["repeat_items"], result.slices["explore_items"]
+        assert rep["n_relevant"] + expl["n_relevant"] == pairs
+        assert rep["n_customers"] <= ret["n_customers"] and expl["n_customers"] >= new["n_customers"]
+        assert doc["recall_repeat@10"] == pytest.approx(rep["recall@10"])
+        assert doc["recall_explore@5"] == pytest.approx(expl["recall@5"])
+        # per-customer values: aligned with the customers, and their mean is the headline figure
+        per_unit = doc["per_unit"]
+        assert per_unit["unit"] == "customer" and len(per_unit["digest"]) == 16
+        for metric in ("recall@5", "ndcg@10"):
+            assert len(per_unit["values"][metric]) == result.n_customers
+            assert np.mean(per_unit["values"][metric]) == pytest.approx(result[metric], abs=1e-6)
 
 
 # -- baselines --------------------------------------------------------------------------------------
@@ -263,9 +295,11 @@ def test_repeat_own_items_by_frequency_then_recency(baseline_train):
 
 
 def test_baselines_are_recommenders_with_distinct_names(baseline_train):
-    baselines = all_baselines(baseline_train)
+    split = time_split(baseline_train, date(2024, 3, 20), holdout_days=5)
+    baselines = all_baselines(split)
     assert all(isinstance(b, Recommender) for b in baselines)
-    assert len({b.name for b in baselines}) == 3
+    assert [b.name for b in baselines] == ["popularity_30d", "copurchase_knn20", "repeat", "ease",
+                                           "repeat_then_ease", "decayed_frequency_ease"]
 
 
 def test_ranking_helpers():

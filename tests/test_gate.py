@@ -1,6 +1,9 @@
 """The promotion gate: each check blocks what it should, the report shows every check, bad YAML is one line.
 
 Pure functions on evaluation dicts shaped like the evaluator's output; no database, no MLflow.
+Results built by ``_result`` carry per-customer values with no spread (every customer scores the
+mean), so the bootstrap interval collapses to the point estimate and the checks' arithmetic is the
+plain one; the noise tests build spread on purpose.
 """
 
 from __future__ import annotations
@@ -9,14 +12,22 @@ import copy
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ecom_ml.gate import GateConfig, GateConfigError, GateReport, evaluate_gate
+
+N_UNITS = 400
+
+
+def _per_unit(values: dict[str, list[float]], digest: str = "holdout-a") -> dict:
+    return {"unit": "customer", "digest": digest, "values": values}
 
 
 def _result(ndcg10: float, *, recall10: float = 0.25, new_recall: float = 0.05, returning_recall: float = 0.30,
             model_bytes: int = 50_000_000, p99_ms: float = 12.0) -> dict:
     return {
+        "per_unit": _per_unit({"ndcg@10": [ndcg10] * N_UNITS, "recall@10": [recall10] * N_UNITS}),
         "recall@10": recall10,
         "ndcg@10": ndcg10,
         "recall@50": recall10 + 0.2,
@@ -52,6 +63,7 @@ def test_packaged_recommender_config_loads(config):
     assert config.primary_metric == "ndcg@10"
     assert config.baseline_margin > 0 and 0 < config.champion_tolerance < 1
     assert "new" in config.slices and config.max_model_bytes and config.max_p99_ms
+    assert (config.confidence_level, config.bootstrap_resamples, config.bootstrap_seed) == (0.95, 1000, 0)
 
 
 def test_first_model_promotes_when_it_beats_the_baselines(config):
@@ -74,7 +86,8 @@ def test_blocked_below_the_baseline_margin(config):
     assert [c.name for c in report.failed_checks] == ["beats_best_baseline"]
     line = report.summary_line()
     assert "\n" not in line
-    assert "beats_best_baseline ndcg@10 0.2840 < 0.2856" in line
+    assert ("beats_best_baseline ndcg@10: low end of the 95% interval of candidate - baseline repeat_purchase "
+            "+0.0040 < required +0.0056") in line
 
 
 def test_blocked_when_worse_than_champion_beyond_tolerance(config):
@@ -138,12 +151,14 @@ def test_markdown_has_every_check_and_the_metrics_table(config):
     report = evaluate_gate(config, _result(0.300, p99_ms=80.0), champion, BASELINES)
     md = report.to_markdown()
     assert md.startswith("## Gate FAILED: `recommender`")
-    header = "| Check | Metric | Threshold | Candidate | Champion | Best baseline | Result | Detail |"
+    header = "| Check | Metric | Threshold | Candidate | Champion | Best baseline | Difference [interval] | Result | Detail |"
     assert header in md
+    assert "| beats_best_baseline | ndcg@10 | >= 0.2856 | 0.3000 | 0.2900 | 0.2800 | +0.0200 [+0.0200, +0.0200] | **pass** |" in md
+    assert "per_unit" not in md and "per_unit" not in report.to_json()  # thousands of numbers stay in evaluation.json
     for check in report.checks:
         row = next(line for line in md.splitlines() if line.startswith(f"| {check.name} |"))
         assert f"**{check.result}**" in row
-    assert "| max_p99_ms | cost.p99_ms | <= 50.00 | 80.00 | 12.00 | 0.5000 | **FAIL** |" in md
+    assert "| max_p99_ms | cost.p99_ms | <= 50.00 | 80.00 | 12.00 | 0.5000 | — | **FAIL** |" in md
     metrics_header = "| Metric | candidate | champion | baseline: popularity | baseline: item_knn | baseline: repeat_purchase |"
     assert metrics_header in md
     assert "| ndcg@10 | 0.3000 | 0.2900 | 0.1200 | 0.1700 | 0.2800 |" in md
@@ -166,6 +181,101 @@ def test_report_does_not_alias_the_inputs(config):
     report = evaluate_gate(config, candidate, None, BASELINES)
     report.candidate["ndcg@10"] = 0.0
     assert candidate == snapshot
+
+
+# -- noise: the paired bootstrap interval ----------------------------------------------------------
+
+
+def _noisy(base: np.ndarray, shift: float, spread: float, seed: int) -> dict:
+    """A result whose per-customer NDCG is ``base + shift`` plus zero-mean noise of ``spread``."""
+    noise = np.random.default_rng(seed).normal(0.0, 1.0, len(base))
+    noise = (noise - noise.mean()) / noise.std() * spread if spread else np.zeros(len(base))
+    values = base + shift + noise
+    result = _result(float(values.mean()))
+    result["per_unit"] = _per_unit({"ndcg@10": values.tolist()})
+    return result
+
+
+def test_same_mean_different_spread_different_verdicts(config):
+    base = np.random.default_rng(1).uniform(0.0, 0.56, N_UNITS)  # the best baseline, mean ~0.28
+    baselines = {"repeat_purchase": {**_result(float(base.mean())), "per_unit": _per_unit({"ndcg@10": base.tolist()})}}
+    steady = _noisy(base, 0.02, 0.0, seed=2)  # +0.02 on every customer
+    erratic = _noisy(base, 0.02, 0.30, seed=2)  # +0.02 on average, but all over the place
+    assert steady["ndcg@10"] == pytest.approx(erratic["ndcg@10"], abs=1e-12)
+    calm, wild = evaluate_gate(config, steady, None, baselines), evaluate_gate(config, erratic, None, baselines)
+    assert calm.passed, calm.summary_line()
+    assert not wild.passed and [c.name for c in wild.failed_checks] == ["beats_best_baseline"]
+    calm_ci, wild_ci = _check(calm, "beats_best_baseline").interval, _check(wild, "beats_best_baseline").interval
+    assert calm_ci["estimate"] == pytest.approx(wild_ci["estimate"]) == pytest.approx(0.02)
+    # 0.30 spread over 400 customers: standard error 0.015, so the 95% interval reaches below the margin
+    assert wild_ci["low"] < wild_ci["required"] < wild_ci["estimate"] < wild_ci["high"]
+    assert f"low end {wild_ci['low']:+.4f} < required {wild_ci['required']:+.4f}" in _check(wild, "beats_best_baseline").detail
+    assert f"low end {calm_ci['low']:+.4f} >= required" in _check(calm, "beats_best_baseline").detail
+    assert wild_ci["high"] - wild_ci["low"] == pytest.approx(2 * 1.96 * 0.30 / np.sqrt(N_UNITS), rel=0.2)
+    assert wild_ci["n_units"] == N_UNITS and wild_ci["resamples"] == 1000 and wild_ci["unit"] == "customer"
+    # The point estimate alone would have passed both: the interval is what decides.
+    point = GateConfig.from_dict({**_config_data(config), "confidence_level": None})
+    assert evaluate_gate(point, erratic, None, baselines).passed
+    md = wild.to_markdown()
+    assert f"{wild_ci['estimate']:+.4f} [{wild_ci['low']:+.4f}, {wild_ci['high']:+.4f}]" in md
+    assert "95% paired bootstrap interval" in md
+    # Seeded: the same inputs give the same interval.
+    assert _check(evaluate_gate(config, erratic, None, baselines), "beats_best_baseline").interval == wild_ci
+
+
+def test_champion_check_uses_the_interval_too(config):
+    base = np.random.default_rng(4).uniform(0.1, 0.5, N_UNITS)
+    champion = {**_result(float(base.mean())), "per_unit": _per_unit({"ndcg@10": base.tolist()})}
+    equal_but_noisy = _noisy(base, 0.0, 0.25, seed=5)  # same mean as the champion, paired noise
+    report = evaluate_gate(config, equal_but_noisy, champion, BASELINES)
+    check = _check(report, "no_regression_vs_champion")
+    assert check.interval["estimate"] == pytest.approx(0.0, abs=1e-12)
+    assert not check.passed and check.interval["low"] < check.interval["required"] == pytest.approx(-0.01 * base.mean())
+    retrained = _noisy(base, 0.0, 0.001, seed=5)  # the same model, retrained: tiny per-customer changes
+    assert _check(evaluate_gate(config, retrained, champion, BASELINES), "no_regression_vs_champion").passed
+
+
+def test_missing_or_mismatched_per_unit_values_fail_with_a_reason(config):
+    candidate = _result(0.300)
+    del candidate["per_unit"]
+    check = _check(evaluate_gate(config, candidate, None, BASELINES), "beats_best_baseline")
+    assert not check.passed and "candidate has no per-unit values of ndcg@10" in check.detail
+    other_holdout = _result(0.300)
+    other_holdout["per_unit"]["digest"] = "holdout-b"
+    check = _check(evaluate_gate(config, other_holdout, None, BASELINES), "beats_best_baseline")
+    assert not check.passed and "scored on different units" in check.detail
+    short = _result(0.300)
+    short["per_unit"]["values"]["ndcg@10"] = [0.3] * 10
+    check = _check(evaluate_gate(config, short, None, BASELINES), "beats_best_baseline")
+    assert not check.passed and "not paired" in check.detail
+
+
+def test_lower_is_better_ratio_metric_uses_the_upper_end():
+    """The gate is generic: a forecast gated on WAPE (sum |error| / sum actual over products)."""
+    cfg = GateConfig.from_dict({"model": "demand", "primary_metric": "wape", "higher_is_better": False,
+                                "baseline_margin": 0.05, "champion_tolerance": 0.02, "slices": {},
+                                "max_model_bytes": None, "max_p99_ms": None, "confidence_level": 0.9,
+                                "bootstrap_resamples": 500})
+    rng = np.random.default_rng(8)
+    actual = rng.gamma(2.0, 10.0, 300)
+
+    def forecast(error_scale: float, seed: int) -> dict:
+        error = np.abs(np.random.default_rng(seed).normal(0.0, error_scale, 300)) * actual
+        return {"wape": float(error.sum() / actual.sum()),
+                "per_unit": {"unit": "product", "digest": "weeks-1-4",
+                             "values": {"wape": {"numerator": error.tolist(), "denominator": actual.tolist()}}}}
+
+    baseline, good, same = forecast(1.0, 1), forecast(0.5, 2), forecast(1.0, 3)
+    passed = evaluate_gate(cfg, good, None, {"13_week_mean": baseline})
+    check = _check(passed, "beats_best_baseline")
+    assert passed.passed and check.interval["bound"] == "high" and check.interval["high"] <= check.interval["required"] < 0
+    assert check.interval["unit"] == "product"
+    blocked = evaluate_gate(cfg, same, None, {"13_week_mean": baseline})
+    assert not blocked.passed and "high end of the 90% interval" in blocked.summary_line()
+
+
+def _config_data(config: GateConfig) -> dict:
+    return {key: value for key, value in config.to_dict().items() if key != "source"}
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -194,6 +304,11 @@ max_p99_ms: 50
         (GOOD + "baseline_marign: 0.05\n", "unknown key 'baseline_marign'"),
         (GOOD.replace("{recall@10: 0.02}", "{recall@10: -1}"), "key 'slices.new.recall@10'"),
         (GOOD.replace("max_model_bytes: 1000000", "max_model_bytes: 1.5"), "key 'max_model_bytes'"),
+        (GOOD + "confidence_level: 1.5\n", "key 'confidence_level' must be a number in [0.5, 1)"),
+        (GOOD + "confidence_level: high\n", "key 'confidence_level' must be a number"),
+        (GOOD + "bootstrap_resamples: 10\n", "key 'bootstrap_resamples' must be an integer in [100, 100000]"),
+        (GOOD + "bootstrap_resamples: 1000.5\n", "key 'bootstrap_resamples' must be an integer"),
+        (GOOD + "bootstrap_seed: -1\n", "key 'bootstrap_seed' must be an integer >= 0"),
         (GOOD.replace("slices: {new: {recall@10: 0.02}}", "slices: {new: [oops"), "not valid YAML (line"),
         ("- just\n- a list\n", "expected a mapping"),
     ],

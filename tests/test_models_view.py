@@ -38,9 +38,14 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:mlflow.*")
 MODEL = "recommender"
 DAYS = [date(2024, 3, 1), date(2024, 3, 2), date(2024, 3, 3)]
 FAILING_CHECK = "slice:new:recall@10"
+def _units(ndcg: float) -> dict:
+    """Per-customer NDCG@10 (no spread) for the gate's bootstrap interval, as the evaluator keeps it."""
+    return {"unit": "customer", "digest": "holdout", "values": {"ndcg@10": [ndcg] * 100}}
+
+
 BASELINES = {
-    "popularity": {"ndcg@10": 0.101, "recall@10": 0.120},
-    "repeat_purchase": {"ndcg@10": 0.250, "recall@10": 0.287},
+    "popularity": {"ndcg@10": 0.101, "recall@10": 0.120, "per_unit": _units(0.101)},
+    "repeat_purchase": {"ndcg@10": 0.250, "recall@10": 0.287, "per_unit": _units(0.250)},
 }
 QUALITY_BAD_RULE = "order_items.quantity_positive"
 QUALITY_WARN_RULE = "orders.volume_band"
@@ -50,6 +55,7 @@ def _evaluation(ndcg: float, recall: float, new_recall: float) -> dict:
     """A candidate's evaluation as RecommenderSteps.evaluate returns it."""
     return {
         "ndcg@10": ndcg, "recall@10": recall, "ks": [10], "history_len": 20,
+        "recall_repeat@10": recall + 0.1, "recall_explore@10": recall / 10, "per_unit": _units(ndcg),
         "slices": {"new": {"recall@10": new_recall}, "returning": {"recall@10": recall + 0.02}},
         "cost": {"model_bytes": 4_200_000, "p50_ms": 2.0, "p99_ms": 9.5},
     }
@@ -161,7 +167,8 @@ def test_model_view_shows_champion_candidates_and_trend(reg: Registry, nights: l
 
     assert (view.name, view.dag_id, view.primary_metric) == (MODEL, "train_recommender", "ndcg@10")
     assert view.gate_config == "ecom_ml/gates/recommender.yaml"
-    assert view.metrics == ["ndcg@10", "recall@10"] and view.total_versions == 3
+    assert view.metrics == ["ndcg@10", "recall@10", "recall_repeat@10", "recall_explore@10"]
+    assert view.total_versions == 3
 
     champ = view.champion
     assert champ is not None and champ.version == nights[1]["version"] == 2
@@ -179,7 +186,8 @@ def test_model_view_shows_champion_candidates_and_trend(reg: Registry, nights: l
     ], "newest first"
     failed = view.candidates[0]
     assert failed.gate_summary.startswith("gate FAILED for recommender (1 of 6 checks): slice:new:recall@10 0.0100 < 0.0200")
-    assert failed.metrics == {"ndcg@10": pytest.approx(0.330), "recall@10": pytest.approx(0.335)}
+    assert failed.metrics == {"ndcg@10": pytest.approx(0.330), "recall@10": pytest.approx(0.335),
+                              "recall_repeat@10": pytest.approx(0.435), "recall_explore@10": pytest.approx(0.0335)}
     assert failed.airflow_run_id == nights[2]["run_id"] and failed.registered_at
 
     assert [(p.day, p.version, p.gate, p.became_champion) for p in view.trend] == [
@@ -187,8 +195,23 @@ def test_model_view_shows_champion_candidates_and_trend(reg: Registry, nights: l
     ]
     assert [p.values["ndcg@10"] for p in view.trend] == pytest.approx([0.300, 0.320, 0.330])
     assert all(p.baseline == "repeat_purchase" for p in view.trend), "the gate's best baseline, from its report"
-    assert view.trend[0].baseline_values == {"ndcg@10": pytest.approx(0.25), "recall@10": pytest.approx(0.287)}
+    assert view.trend[0].baseline_values == {"ndcg@10": pytest.approx(0.25), "recall@10": pytest.approx(0.287),
+                                             "recall_repeat@10": None, "recall_explore@10": None}
     assert (view.best_baseline, view.best_baseline_value) == ("repeat_purchase", pytest.approx(0.25))
+
+    # Rendered: the repeat / explore recall are columns of the candidates table and rows of the champion
+    # card, right after the headline metrics; the per-customer values and tuning params are not metrics.
+    from types import SimpleNamespace
+
+    from ecom_ml.ui import models_html
+
+    links = models_html.Links(url_for=lambda name, **kw: SimpleNamespace(path=f"/{name}/{kw.get('version', '')}"))
+    table = models_html._candidates_table(view, links)
+    assert '<th class="num">recall_repeat@10</th><th class="num">recall_explore@10</th>' in table
+    assert '<td class="num">0.4350</td><td class="num">0.0335</td>' in table  # v3
+    card = models_html._champion_card(view, links)
+    assert card.index("<td>recall_repeat@10</td>") < card.index("<td>slices.new.recall@10</td>")
+    assert "per_unit" not in card
 
     window = data.model_view(reg, MODEL, candidates=1, days=2)
     assert [c.version for c in window.candidates] == [3]

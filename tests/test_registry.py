@@ -62,6 +62,11 @@ def _metrics(ndcg: float) -> dict:
     return {**METRICS, "ndcg@10": ndcg}
 
 
+def _with_units(result: dict) -> dict:
+    """The evaluator's per-customer values (no spread) that the gate's bootstrap interval needs."""
+    return {**result, "per_unit": {"unit": "customer", "digest": "d", "values": {"ndcg@10": [result["ndcg@10"]] * 100}}}
+
+
 def test_log_candidate_registers_a_version_with_files_params_and_metrics(reg: Registry, tmp_path: Path):
     model = "reco_log"
     assert reg.champion(model) is None, "no registered model yet: no champion"
@@ -153,8 +158,8 @@ def test_refusals_are_one_line(reg: Registry, tmp_path: Path):
 
 def test_attach_gate_report_stores_json_markdown_and_verdict(reg: Registry, tmp_path: Path):
     model = "reco_gate"
-    baselines = {"repeat_purchase": {**METRICS, "ndcg@10": 0.28}}
-    report = evaluate_gate("recommender", _metrics(0.30), None, baselines)
+    baselines = {"repeat_purchase": _with_units({**METRICS, "ndcg@10": 0.28})}
+    report = evaluate_gate("recommender", _with_units(_metrics(0.30)), None, baselines)
     cand = reg.log_candidate(model, "run-1", {}, _metrics(0.30), _model_dir(tmp_path, "v1"),
                              gate_report=report.to_dict())
     mv = reg.client.get_model_version(model, str(cand.version))
@@ -165,7 +170,7 @@ def test_attach_gate_report_stores_json_markdown_and_verdict(reg: Registry, tmp_
     assert json.loads(Path(local, "gate_report.json").read_text())["passed"] is True
     assert Path(local, "gate_report.md").read_text() == report.to_markdown()
 
-    failing = evaluate_gate("recommender", _metrics(0.10), None, baselines)
+    failing = evaluate_gate("recommender", _with_units(_metrics(0.10)), None, baselines)
     reg.attach_gate_report(cand.version, failing, model_name=model)  # number + model name form
     assert reg.client.get_model_version(model, "1").tags["ecom.gate.passed"] == "false"
 

@@ -9,11 +9,25 @@ The checks, in report order:
 
 ``beats_best_baseline``
     candidate[primary] >= best baseline[primary] x (1 + baseline_margin). A model must beat the
-    strongest heuristic (in this shop: repeat purchase) by a margin, or it is not worth serving.
+    strongest heuristic (the best of all baselines by the primary metric) by a margin, or it is not
+    worth serving.
 ``no_regression_vs_champion``
     candidate[primary] >= champion[primary] x (1 - champion_tolerance); "n/a" (passes) when there is
     no champion yet. Pass the champion *re-scored on today's holdout*, not the metrics it had when it
     was trained: figures from different holdouts do not compare.
+
+**Noise.** With ``confidence_level`` set (the packaged gates do), both comparisons are made on a
+paired bootstrap interval instead of the point estimate: the difference ``candidate - reference``
+of the primary metric is resampled over the evaluation's units (test customers), and the check
+passes only if the interval's *conservative* end clears the margin -- for a higher-is-better metric
+``low(candidate - best) >= margin x best`` and ``low(candidate - champion) >= -tolerance x champion``;
+for a lower-is-better one (WAPE) the mirror image on the upper end. A lucky holdout therefore cannot
+promote a model whose advantage is within the noise, and the report shows estimate and interval.
+The per-unit values come from the results' ``per_unit`` entry (``{"unit", "digest",
+"values": {metric: [...]}}``, as ``ecom_ml.evaluation`` writes it; a ratio metric may give
+``{"numerator": [...], "denominator": [...]}`` instead of a list); results with different unit
+digests were scored on different units and fail the check. ``confidence_level: null`` falls back to
+point estimates.
 ``slice:<slice>:<metric>``
     candidate.slices[slice][metric] >= floor, for every floor in the config. Averages hide a broken
     cold-start path (new customers are a small share of the test set).
@@ -23,7 +37,8 @@ The checks, in report order:
 
 Missing or non-finite values fail their check (with the reason in ``detail``) rather than raising:
 a report that shows *what* was missing is more useful in an alert than a traceback.
-Only stdlib and PyYAML are imported here, so DAG files may import this module at parse time.
+Only stdlib and PyYAML are imported at module level, so DAG files may import this module at parse
+time; numpy/scipy (the bootstrap) are imported when a gate is evaluated.
 """
 
 from __future__ import annotations
@@ -42,7 +57,8 @@ from ecom_ml.errors import EcomError
 
 _REQUIRED_KEYS = ("model", "primary_metric", "baseline_margin", "champion_tolerance", "slices",
                   "max_model_bytes", "max_p99_ms")
-_OPTIONAL_KEYS = {"higher_is_better": True}
+_OPTIONAL_KEYS = {"higher_is_better": True, "confidence_level": None, "bootstrap_resamples": 1000,
+                  "bootstrap_seed": 0}
 NO_CHAMPION = "no champion yet (first model)"
 
 
@@ -75,6 +91,10 @@ class GateConfig:
     max_model_bytes: int | None
     max_p99_ms: float | None
     higher_is_better: bool = True
+    #: Two-sided confidence level of the paired bootstrap interval; None compares point estimates.
+    confidence_level: float | None = None
+    bootstrap_resamples: int = 1000
+    bootstrap_seed: int = 0
     #: Where the values came from, for messages and the report.
     source: str = "<dict>"
 
@@ -182,6 +202,15 @@ class GateConfig:
         higher = data.get("higher_is_better", _OPTIONAL_KEYS["higher_is_better"])
         if not isinstance(higher, bool):
             raise fail("higher_is_better", f"must be true or false, got {higher!r}")
+        level = data.get("confidence_level", _OPTIONAL_KEYS["confidence_level"])
+        if level is not None and (not _is_number(level) or not 0.5 <= level < 1):
+            raise fail("confidence_level", f"must be a number in [0.5, 1) such as 0.95, or null, got {level!r}")
+        resamples = data.get("bootstrap_resamples", _OPTIONAL_KEYS["bootstrap_resamples"])
+        if not isinstance(resamples, int) or isinstance(resamples, bool) or not 100 <= resamples <= 100_000:
+            raise fail("bootstrap_resamples", f"must be an integer in [100, 100000], got {resamples!r}")
+        seed = data.get("bootstrap_seed", _OPTIONAL_KEYS["bootstrap_seed"])
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise fail("bootstrap_seed", f"must be an integer >= 0, got {seed!r}")
 
         return cls(
             model=model,
@@ -192,6 +221,9 @@ class GateConfig:
             max_model_bytes=max_bytes,
             max_p99_ms=max_p99,
             higher_is_better=higher,
+            confidence_level=None if level is None else float(level),
+            bootstrap_resamples=resamples,
+            bootstrap_seed=seed,
             source=source,
         )
 
@@ -205,6 +237,9 @@ class GateConfig:
             "slices": {s: dict(m) for s, m in self.slices.items()},
             "max_model_bytes": self.max_model_bytes,
             "max_p99_ms": self.max_p99_ms,
+            "confidence_level": self.confidence_level,
+            "bootstrap_resamples": self.bootstrap_resamples,
+            "bootstrap_seed": self.bootstrap_seed,
             "source": self.source,
         }
 
@@ -220,7 +255,9 @@ class Check:
 
     ``comparison`` is ``">="`` (candidate must reach the threshold) or ``"<="`` (must stay within it).
     ``applicable`` is False for a check that cannot apply (no champion yet, budget disabled); such a
-    check passes and shows as "n/a".
+    check passes and shows as "n/a". ``interval`` (bootstrap-based checks only) holds the estimate
+    and interval of ``candidate - reference`` and the bound that decided the check against
+    ``required`` (both in the metric's units, as differences).
     """
 
     name: str
@@ -233,6 +270,7 @@ class Check:
     metric: str = ""
     comparison: str = ">="
     applicable: bool = True
+    interval: dict[str, Any] | None = None
 
     @property
     def result(self) -> str:
@@ -273,7 +311,8 @@ def _flatten(result: Mapping[str, Any] | None, prefix: str = "") -> dict[str, An
 
 
 #: Bookkeeping fields of an evaluation result, not metrics: kept in the JSON, left out of the table.
-_NOT_METRICS = {"recommender", "ks", "cutoff", "test_end", "seconds", "history_len", "protocol", "version"}
+_NOT_METRICS = {"recommender", "ks", "cutoff", "test_end", "seconds", "history_len", "protocol", "version",
+                "params", "per_unit"}
 
 
 def _is_metric_row(key: str, value: Any) -> bool:
@@ -353,7 +392,12 @@ class GateReport:
         parts = []
         for check in failed:
             metric = f" {check.metric}" if check.metric and check.metric not in check.name else ""
-            if check.candidate is None or check.threshold is None:
+            ci = check.interval
+            if ci is not None:
+                bad = "<" if ci["bound"] == "low" else ">"
+                parts.append(f"{check.name}{metric}: {ci['bound']} end of the {ci['confidence']:.0%} interval of "
+                             f"candidate - {ci['reference']} {ci[ci['bound']]:+.4f} {bad} required {ci['required']:+.4f}")
+            elif check.candidate is None or check.threshold is None:
                 parts.append(f"{check.name}{metric}: {check.detail}")
             else:
                 bad = "<" if check.comparison == ">=" else ">"
@@ -371,14 +415,16 @@ class GateReport:
             "",
             f"Primary metric `{self.primary_metric}`{best}; thresholds from `{self.config.get('source', '?')}`.",
             "",
-            "| Check | Metric | Threshold | Candidate | Champion | Best baseline | Result | Detail |",
-            "|---|---|---|---|---|---|---|---|",
+            "| Check | Metric | Threshold | Candidate | Champion | Best baseline | Difference [interval] | Result | Detail |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for c in self.checks:
             threshold = "—" if c.threshold is None else f"{c.comparison} {format_number(c.threshold)}"
+            ci = c.interval
+            difference = "—" if ci is None else f"{ci['estimate']:+.4f} [{ci['low']:+.4f}, {ci['high']:+.4f}]"
             lines.append(
                 f"| {_md(c.name)} | {_md(c.metric)} | {threshold} | {format_number(c.candidate)} | {format_number(c.champion)} | "
-                f"{format_number(c.baseline)} | **{c.result}** | {_md(c.detail)} |"
+                f"{format_number(c.baseline)} | {difference} | **{c.result}** | {_md(c.detail)} |"
             )
         columns: list[tuple[str, Mapping[str, Any] | None]] = [("candidate", self.candidate)]
         columns.append(("champion", self.champion))
@@ -405,6 +451,11 @@ class GateReport:
                 else:
                     cells.append(format_number(values.get(key)))
             lines.append(f"| {_md(key)} | " + " | ".join(cells) + " |")
+        level = self.config.get("confidence_level")
+        if level:
+            lines += ["", f"_Difference = candidate − reference on `{self.primary_metric}`, with its {level:.0%} paired "
+                          f"bootstrap interval over the holdout's units ({self.config.get('bootstrap_resamples')} resamples, "
+                          f"seed {self.config.get('bootstrap_seed')}); the check uses the interval's conservative end._"]
         if self.champion is None:
             note = next((c.detail for c in self.checks if c.name == "no_regression_vs_champion"), "")
             if note.startswith(NO_CHAMPION):
@@ -445,6 +496,88 @@ def _plain(value: Any) -> Any:
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     return str(value)
+
+
+#: Where an evaluation result keeps its per-unit values (for the bootstrap); left out of the report.
+_PER_UNIT = "per_unit"
+
+
+def _summary(result: Mapping[str, Any]) -> dict[str, Any]:
+    """The result as stored in the report: everything but the per-unit values (thousands of numbers
+    per result, already in evaluation.json; the report keeps the interval computed from them)."""
+    return _plain({key: value for key, value in result.items() if key != _PER_UNIT})
+
+
+def _units(result: Mapping[str, Any] | None, metric: str, who: str) -> tuple[Any, str | None, str]:
+    """(values, digest, problem) of ``result``'s per-unit ``metric``; values is None with a problem."""
+    per_unit = result.get(_PER_UNIT) if isinstance(result, Mapping) else None
+    values = per_unit.get("values") if isinstance(per_unit, Mapping) else None
+    if not isinstance(values, Mapping) or metric not in values:
+        return None, None, f"{who} has no per-unit values of {metric} (the evaluation's '{_PER_UNIT}')"
+    raw = values[metric]
+
+    def numbers(items: Any) -> list[float] | None:
+        if not isinstance(items, (list, tuple)):
+            return None
+        out = []
+        for item in items:
+            if item is None:
+                out.append(math.nan)
+            elif isinstance(item, (int, float)) and not isinstance(item, bool):
+                out.append(float(item))
+            else:
+                return None
+        return out
+
+    if isinstance(raw, Mapping):
+        parts = (numbers(raw.get("numerator")), numbers(raw.get("denominator")))
+        parsed: Any = parts if None not in parts else None
+    else:
+        parsed = numbers(raw)
+    if parsed is None:
+        return None, None, f"{who} per-unit {metric} is not a list of numbers (or numerator/denominator lists)"
+    return parsed, per_unit.get("digest"), ""
+
+
+def _interval(cfg: GateConfig, candidate: Mapping[str, Any], reference: Mapping[str, Any], reference_name: str,
+              required: float) -> tuple[dict[str, Any] | None, str]:
+    """Bootstrap interval of candidate - reference on the primary metric, and the decisive bound.
+
+    Returns (interval, problem); the interval carries ``bound`` ("low" for higher-is-better metrics,
+    "high" otherwise), ``required`` and ``passed``.
+    """
+    from ecom_ml.evaluation.bootstrap import BootstrapError, paired_bootstrap
+
+    metric = cfg.primary_metric
+    cand, cand_digest, problem = _units(candidate, metric, "candidate")
+    if cand is None:
+        return None, problem
+    ref, ref_digest, problem = _units(reference, metric, reference_name)
+    if ref is None:
+        return None, problem
+    if cand_digest and ref_digest and cand_digest != ref_digest:
+        return None, f"candidate and {reference_name} were scored on different units (digest {cand_digest} vs {ref_digest})"
+    try:
+        found = paired_bootstrap(cand, ref, confidence=cfg.confidence_level, resamples=cfg.bootstrap_resamples,
+                                 seed=cfg.bootstrap_seed)
+    except BootstrapError as exc:
+        return None, f"no interval for candidate - {reference_name}: {exc}"
+    bound = "low" if cfg.higher_is_better else "high"
+    value = getattr(found, bound)
+    passed = value >= required if cfg.higher_is_better else value <= required
+    unit = (candidate.get(_PER_UNIT) or {}).get("unit", "unit")
+    return {**found.to_dict(), "reference": reference_name, "bound": bound, "required": required,
+            "passed": bool(passed), "unit": unit}, ""
+
+
+def _interval_detail(ci: dict[str, Any], margin_text: str) -> str:
+    if ci["bound"] == "low":
+        side = ">=" if ci["passed"] else "<"
+    else:
+        side = "<=" if ci["passed"] else ">"
+    return (f"candidate - {ci['reference']} {ci['estimate']:+.4f}, {ci['confidence']:.0%} interval "
+            f"[{ci['low']:+.4f}, {ci['high']:+.4f}] over {ci['n_units']:,} {ci['unit']}s ({ci['resamples']} paired "
+            f"resamples); {ci['bound']} end {ci[ci['bound']]:+.4f} {side} required {ci['required']:+.4f} ({margin_text})")
 
 
 def _check_mapping(name: str, value: Any) -> Mapping[str, Any]:
@@ -502,6 +635,14 @@ def evaluate_gate(
         if cand_primary is None:
             checks.append(Check("beats_best_baseline", threshold, None, champ_primary, best_value, False,
                                 f"candidate {primary} is {cand_problem}{skipped}", primary, better))
+        elif cfg.confidence_level is not None:
+            required = best_value * cfg.baseline_margin * (1 if higher else -1)
+            ci, problem = _interval(cfg, candidate, baselines[best_name], f"baseline {best_name}", required)
+            detail = (f"{problem}{skipped}" if ci is None else
+                      _interval_detail(ci, f"margin {cfg.baseline_margin:g} x best baseline {best_name} "
+                                           f"{format_number(best_value)}") + skipped)
+            checks.append(Check("beats_best_baseline", threshold, cand_primary, champ_primary, best_value,
+                                ci is not None and ci["passed"], detail, primary, better, interval=ci))
         else:
             ok = cand_primary >= threshold if higher else cand_primary <= threshold
             checks.append(Check(
@@ -523,6 +664,13 @@ def evaluate_gate(
         elif cand_primary is None:
             checks.append(Check("no_regression_vs_champion", champ_value * factor, None, champ_value, best_value,
                                 False, f"candidate {primary} is {cand_problem}", primary, better))
+        elif cfg.confidence_level is not None:
+            required = -champ_value * cfg.champion_tolerance * (1 if higher else -1)
+            ci, problem = _interval(cfg, candidate, champion, "champion", required)
+            detail = problem if ci is None else _interval_detail(
+                ci, f"tolerance {cfg.champion_tolerance:g} x champion {format_number(champ_value)}")
+            checks.append(Check("no_regression_vs_champion", champ_value * factor, cand_primary, champ_value,
+                                best_value, ci is not None and ci["passed"], detail, primary, better, interval=ci))
         else:
             threshold = champ_value * factor
             ok = cand_primary >= threshold if higher else cand_primary <= threshold
@@ -567,9 +715,9 @@ def evaluate_gate(
         primary_metric=primary,
         passed=all(check.passed for check in checks),
         checks=checks,
-        candidate=_plain(candidate),
-        champion=_plain(champion) if champion is not None else None,
-        baselines={str(name): _plain(result) for name, result in baselines.items()},
+        candidate=_summary(candidate),
+        champion=_summary(champion) if champion is not None else None,
+        baselines={str(name): _summary(result) for name, result in baselines.items()},
         best_baseline=best_name,
         config=cfg.to_dict(),
     )

@@ -1,6 +1,7 @@
 """Model-independent evaluation of recommenders: the honest protocol, metrics, baselines and serving cost.
 
-Import from the submodules (``protocol``, ``metrics``, ``baselines``, ``cost``); the names most
+Import from the submodules (``protocol``, ``metrics``, ``baselines``, ``ease``, ``tuning``,
+``bootstrap``, ``cost``); the names most
 callers need are re-exported here lazily, so importing the package stays cheap.
 """
 
@@ -19,9 +20,15 @@ _EXPORTS = {
     "prepare_holdout": "protocol",
     "time_split": "protocol",
     "CoPurchaseBaseline": "baselines",
+    "DecayedFrequencyEaseBaseline": "baselines",
+    "EaseBaseline": "baselines",
     "PopularityBaseline": "baselines",
     "RepeatBaseline": "baselines",
-    "all_baselines": "baselines",
+    "RepeatThenEaseBaseline": "baselines",
+    "BaselineSettings": "tuning",
+    "all_baselines": "tuning",
+    "validation_split": "tuning",
+    "paired_bootstrap": "bootstrap",
     "measure_latency": "cost",
     "model_size_bytes": "cost",
     "single_requests": "cost",

@@ -61,12 +61,23 @@ def ndcg_at_k(hits: np.ndarray, n_relevant: np.ndarray, k: int) -> np.ndarray:
     return np.divide(dcg, ideal, out=np.full(len(dcg), np.nan), where=ideal_hits > 0)
 
 
-def mean_metrics(hits: np.ndarray, n_relevant: np.ndarray, ks: tuple[int, ...]) -> dict[str, float]:
-    """``recall@K`` and ``ndcg@K`` averaged over the rows with something relevant (NaN if none)."""
-    out: dict[str, float] = {}
-    scored = np.asarray(n_relevant) > 0
+def per_row_metrics(hits: np.ndarray, n_relevant: np.ndarray, ks: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """``recall@K`` and ``ndcg@K`` per row (NaN where a row has nothing relevant).
+
+    Kept per customer by the evaluation so that a difference between two recommenders can get a
+    paired confidence interval over customers (``ecom_ml.evaluation.bootstrap``), not just a mean.
+    """
+    out: dict[str, np.ndarray] = {}
     for k in ks:
         for name, metric in (("recall", recall_at_k), ("ndcg", ndcg_at_k)):
-            values = metric(hits, n_relevant, k)[scored]
-            out[f"{name}@{k}"] = float(values.mean()) if len(values) else float("nan")
+            out[f"{name}@{k}"] = metric(hits, n_relevant, k)
     return out
+
+
+def mean_metrics(hits: np.ndarray, n_relevant: np.ndarray, ks: tuple[int, ...]) -> dict[str, float]:
+    """``recall@K`` and ``ndcg@K`` averaged over the rows with something relevant (NaN if none)."""
+    scored = np.asarray(n_relevant) > 0
+    return {
+        name: float(values[scored].mean()) if scored.any() else float("nan")
+        for name, values in per_row_metrics(hits, n_relevant, ks).items()
+    }

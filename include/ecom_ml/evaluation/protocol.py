@@ -21,10 +21,21 @@ design.md, "Evaluation, done honestly", implemented once:
   including products unseen in training, is tail. An item slice restricts both the relevant set and
   the hits to that slice's products and averages over the customers with at least one relevant
   product in it (its ``n_customers``); it answers "does the model only ever find the bestsellers?".
+* **Repeat and explore** (Li et al., "A Next Basket Recommendation Reality Check", TOIS 2023): the
+  same item-slice arithmetic with the customer's own items: ``repeat_items`` = relevant products the
+  customer bought before the cutoff, ``explore_items`` = the ones new to them (all of a new
+  customer's). Their Recall@K is also a headline metric (``recall_repeat@K``, ``recall_explore@K``):
+  a model can beat the repeat baseline overall while finding nothing new, or the reverse, and the
+  overall average hides which.
+* **Per-customer values.** Every overall metric is also kept per test customer (``per_unit`` in the
+  JSON, aligned with the sorted test customers and fingerprinted by their ``digest``), so the gate can
+  put a paired bootstrap confidence interval on a difference between two recommenders scored on the
+  same holdout (``ecom_ml.evaluation.bootstrap``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time as clock
 from collections.abc import Sequence
@@ -38,7 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ecom_ml.errors import EcomError
-from ecom_ml.evaluation.metrics import hit_matrix, mean_metrics
+from ecom_ml.evaluation.metrics import hit_matrix, mean_metrics, per_row_metrics
 from ecom_ml.features.recommender import current_purchases, day_start, histories_as_of, purchases_as_of
 
 #: Share of training interactions the head items hold together.
@@ -126,6 +137,7 @@ class Holdout:
     returning: np.ndarray  # bool, aligned: has a training interaction
     relevant_rows: np.ndarray  # (customer row, product) pairs, distinct
     relevant_items: np.ndarray
+    repeat_relevant: np.ndarray  # aligned with the pairs: the customer bought the product before the cutoff
     n_relevant: np.ndarray  # aligned
     catalogue: np.ndarray  # sorted training product ids
     head: np.ndarray  # sorted head product ids
@@ -145,13 +157,15 @@ def prepare_holdout(split: Split, history_len: int = 20) -> Holdout:
     pairs = np.unique(np.stack([customers, products], axis=1), axis=0)
     customer_ids, rows, n_relevant = np.unique(pairs[:, 0], return_inverse=True, return_counts=True)
     histories = histories_as_of(split.train, split.cutoff, history_len)
-    known = np.unique(split.train.column("customer_id").to_numpy())
+    train_customers = split.train.column("customer_id").to_numpy()
+    known = np.unique(train_customers)
     return Holdout(
         customer_ids=customer_ids,
         histories=histories.lookup(customer_ids),
         returning=np.isin(customer_ids, known),
         relevant_rows=rows,
         relevant_items=pairs[:, 1],
+        repeat_relevant=_bought_before(pairs, train_customers, split.train.column("product_id").to_numpy()),
         n_relevant=n_relevant,
         catalogue=split.catalogue,
         head=head_items(split.train),
@@ -159,6 +173,22 @@ def prepare_holdout(split: Split, history_len: int = 20) -> Holdout:
         end=split.end,
         history_len=history_len,
     )
+
+
+def _bought_before(pairs: np.ndarray, customers: np.ndarray, products: np.ndarray) -> np.ndarray:
+    """Per (customer, product) row of ``pairs``: does the training data have that pair?"""
+    if len(customers) == 0:
+        return np.zeros(len(pairs), dtype=bool)
+    # Dense codes keep the combined key small whatever the id ranges are.
+    c_vocab, c_codes = np.unique(np.concatenate([pairs[:, 0], customers]), return_inverse=True)
+    p_vocab, p_codes = np.unique(np.concatenate([pairs[:, 1], products]), return_inverse=True)
+    keys = c_codes.astype(np.int64) * len(p_vocab) + p_codes
+    return np.isin(keys[: len(pairs)], keys[len(pairs) :])
+
+
+def units_digest(customer_ids: np.ndarray) -> str:
+    """A fingerprint of the test customers: per-customer values pair up only under the same digest."""
+    return hashlib.sha256(np.ascontiguousarray(customer_ids, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
 # -- results ----------------------------------------------------------------------------------------
@@ -170,7 +200,7 @@ class EvalResult:
 
     recommender: str
     metrics: dict[str, float]  # recall@K, ndcg@K
-    slices: dict[str, dict[str, float | int]]  # new, returning, head_items, tail_items
+    slices: dict[str, dict[str, float | int]]  # new, returning, head_items, tail_items, repeat_items, explore_items
     n_customers: int
     n_catalogue: int
     n_head_items: int
@@ -180,6 +210,11 @@ class EvalResult:
     ks: tuple[int, ...]
     history_len: int
     seconds: float  # wall time of the recommender's scoring
+    #: Overall metrics per test customer (aligned with the sorted test customers), for paired bootstraps.
+    per_customer: dict[str, np.ndarray] = field(default_factory=dict)
+    units_digest: str = ""
+    #: The recommender's settings (a tuned baseline's chosen hyper-parameters and how they were chosen).
+    params: dict[str, Any] = field(default_factory=dict)
     protocol: dict[str, Any] = field(
         default_factory=lambda: {"head_share": HEAD_SHARE, "relevant": "distinct test purchases"}
     )
@@ -204,7 +239,16 @@ class EvalResult:
             "ks": list(self.ks),
             "history_len": self.history_len,
             "seconds": round(self.seconds, 3),
+            "params": dict(self.params),
             "protocol": dict(self.protocol),
+            "per_unit": {
+                "unit": "customer",
+                "digest": self.units_digest,
+                "values": {
+                    name: [_json_number(round(float(v), 6)) for v in values]
+                    for name, values in self.per_customer.items()
+                },
+            },
         }
 
 
@@ -259,10 +303,15 @@ def evaluate(
     outside = (recommended != -1) & ~np.isin(recommended, holdout.catalogue)
     recommended = np.where(outside, -1, recommended)
     hits = hit_matrix(recommended, holdout.relevant_rows, holdout.relevant_items)
+    slices = _slices(hits, recommended, holdout, ks)
+    metrics = mean_metrics(hits, holdout.n_relevant, ks)
+    for k in ks:  # Li et al.'s headline split of recall, beside the overall figures
+        metrics[f"recall_repeat@{k}"] = float(slices["repeat_items"][f"recall@{k}"])
+        metrics[f"recall_explore@{k}"] = float(slices["explore_items"][f"recall@{k}"])
     return EvalResult(
         recommender=recommender.name,
-        metrics=mean_metrics(hits, holdout.n_relevant, ks),
-        slices=_slices(hits, recommended, holdout, ks),
+        metrics=metrics,
+        slices=slices,
         n_customers=len(holdout.customer_ids),
         n_catalogue=len(holdout.catalogue),
         n_head_items=len(holdout.head),
@@ -272,6 +321,9 @@ def evaluate(
         ks=ks,
         history_len=holdout.history_len,
         seconds=seconds,
+        per_customer=per_row_metrics(hits, holdout.n_relevant, ks),
+        units_digest=units_digest(holdout.customer_ids),
+        params=dict(getattr(recommender, "params", None) or {}),
     )
 
 
@@ -299,5 +351,14 @@ def _slices(hits: np.ndarray, recommended: np.ndarray, holdout: Holdout, ks: tup
             "n_customers": int((n_relevant > 0).sum()),
             "n_relevant": int(n_relevant.sum()),
             **mean_metrics(hits & in_slice, n_relevant, ks),
+        }
+    n_customers = len(holdout.customer_ids)
+    for name, in_slice in (("repeat_items", holdout.repeat_relevant), ("explore_items", ~holdout.repeat_relevant)):
+        rows, items = holdout.relevant_rows[in_slice], holdout.relevant_items[in_slice]
+        n_relevant = np.bincount(rows, minlength=n_customers)
+        out[name] = {
+            "n_customers": int((n_relevant > 0).sum()),
+            "n_relevant": int(n_relevant.sum()),
+            **mean_metrics(hit_matrix(recommended, rows, items), n_relevant, ks),
         }
     return out

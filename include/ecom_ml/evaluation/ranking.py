@@ -126,3 +126,29 @@ def _sorted_entries(matrix: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.n
     return rows[order], cols[order], values[order]
 
 
+
+
+def dense_top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """``(n_rows, k)`` column indices of each row's ``k`` largest *finite* scores, best first.
+
+    ``-inf`` (or NaN) marks "not a candidate"; rows with fewer candidates are ``-1``-padded. Ties go
+    to the lower column index, so results are reproducible whatever ``argpartition`` does inside.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    n, width = scores.shape
+    out = np.full((n, k), EMPTY, dtype=np.int64)
+    if n == 0 or width == 0 or k == 0:
+        return out
+    scores = np.where(np.isfinite(scores), scores, -np.inf)
+    take = min(k, width)
+    # The k-th best score per row; everything strictly better is in, ties at the boundary by column.
+    part = np.argpartition(-scores, take - 1, axis=1)[:, :take]
+    kth = np.take_along_axis(scores, part, axis=1).min(axis=1, keepdims=True)
+    rows, cols = np.nonzero((scores >= kth) & np.isfinite(scores))
+    values = scores[rows, cols]
+    order = np.lexsort((cols, -values, rows))
+    rows, cols = rows[order], cols[order]
+    rank = rank_in_runs(rows)
+    keep = rank < k
+    out[rows[keep], rank[keep]] = cols[keep]
+    return out

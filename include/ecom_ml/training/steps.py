@@ -166,7 +166,7 @@ class RecommenderSteps:
         contenders = {"candidate": candidate}
         if champion_dir is not None:
             contenders["champion"] = kind.load(champion_dir)
-        baselines = all_baselines(split.train)
+        baselines = all_baselines(split)
 
         def score(recommender: Any) -> dict[str, Any]:
             return evaluate(recommender, split, history_len=params.history_len, holdout=holdout).to_dict()

@@ -160,7 +160,7 @@ def _model_section(section: ModelSection, links: Links) -> str:
 
 #: Bookkeeping fields of an evaluation result (as in the gate report's metrics table): not metrics.
 NOT_METRICS = frozenset({"recommender", "ks", "cutoff", "test_end", "seconds", "history_len", "protocol",
-                         "version", "day", "holdout_days"})
+                         "version", "day", "holdout_days", "params", "per_unit"})
 
 
 def _flat_metrics(values: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
