@@ -58,7 +58,7 @@ from ecom_ml.errors import EcomError
 _REQUIRED_KEYS = ("model", "primary_metric", "baseline_margin", "champion_tolerance", "slices",
                   "max_model_bytes", "max_p99_ms")
 _OPTIONAL_KEYS = {"higher_is_better": True, "confidence_level": None, "bootstrap_resamples": 1000,
-                  "bootstrap_seed": 0}
+                  "bootstrap_seed": 0, "ungated_baselines": []}
 NO_CHAMPION = "no champion yet (first model)"
 
 
@@ -94,6 +94,9 @@ class GateConfig:
     #: Two-sided confidence level of the paired bootstrap interval; None compares point estimates.
     confidence_level: float | None = None
     bootstrap_resamples: int = 1000
+    #: Baselines left out when choosing the "best baseline" (still computed and reported, marked
+    #: "reported, not gated"); every other baseline is gated, so a new one is gated by default.
+    ungated_baselines: tuple[str, ...] = ()
     bootstrap_seed: int = 0
     #: Where the values came from, for messages and the report.
     source: str = "<dict>"
@@ -211,6 +214,9 @@ class GateConfig:
         seed = data.get("bootstrap_seed", _OPTIONAL_KEYS["bootstrap_seed"])
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise fail("bootstrap_seed", f"must be an integer >= 0, got {seed!r}")
+        ungated = data.get("ungated_baselines", _OPTIONAL_KEYS["ungated_baselines"])
+        if not isinstance(ungated, list) or not all(isinstance(n, str) and n for n in ungated):
+            raise fail("ungated_baselines", f"must be a list of baseline names (empty: all gated), got {ungated!r}")
 
         return cls(
             model=model,
@@ -224,6 +230,7 @@ class GateConfig:
             confidence_level=None if level is None else float(level),
             bootstrap_resamples=resamples,
             bootstrap_seed=seed,
+            ungated_baselines=tuple(ungated),
             source=source,
         )
 
@@ -240,6 +247,7 @@ class GateConfig:
             "confidence_level": self.confidence_level,
             "bootstrap_resamples": self.bootstrap_resamples,
             "bootstrap_seed": self.bootstrap_seed,
+            "ungated_baselines": list(self.ungated_baselines),
             "source": self.source,
         }
 
@@ -617,7 +625,9 @@ def evaluate_gate(
     champ_primary = _lookup(champion, primary)[0] if champion is not None else None
 
     # -- best baseline -------------------------------------------------------------------------------
-    scored = [(name, _lookup(result, primary)[0]) for name, result in baselines.items()]
+    gated = {name: result for name, result in baselines.items() if name not in cfg.ungated_baselines}
+    ungated = sorted(set(baselines) - set(gated))
+    scored = [(name, _lookup(result, primary)[0]) for name, result in gated.items()]
     usable = [(name, value) for name, value in scored if value is not None]
     unusable = [name for name, value in scored if value is None]
     best_name: str | None = None
@@ -632,6 +642,8 @@ def evaluate_gate(
         factor = (1 + cfg.baseline_margin) if higher else (1 - cfg.baseline_margin)
         threshold = best_value * factor
         skipped = f"; ignored (no {primary}): {', '.join(unusable)}" if unusable else ""
+        if ungated:
+            skipped += f"; reported, not gated: {', '.join(ungated)}"
         if cand_primary is None:
             checks.append(Check("beats_best_baseline", threshold, None, champ_primary, best_value, False,
                                 f"candidate {primary} is {cand_problem}{skipped}", primary, better))
