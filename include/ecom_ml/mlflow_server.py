@@ -475,7 +475,8 @@ def start(settings: Settings | None = None) -> ServerStatus:
             Path(urllib.parse.unquote(urllib.parse.urlsplit(artifacts).path)).mkdir(parents=True, exist_ok=True)
         cfg.log_dir.mkdir(parents=True, exist_ok=True)
         log = log_file(cfg)
-        with open(log, "a") as handle:
+        secrets.make_private(log)  # from an earlier version, created 0644
+        with open(log, "a", opener=lambda path, flags: os.open(path, flags, 0o600)) as handle:
             handle.write(f"\n{_START_MARKER} {datetime.now(timezone.utc).isoformat(timespec='seconds')}\n")
             handle.flush()
             proc = subprocess.Popen(
@@ -487,6 +488,7 @@ def start(settings: Settings | None = None) -> ServerStatus:
                 cwd=str(cfg.home),
                 # Own session: it outlives the CLI, and `stop` can signal the whole process group.
                 start_new_session=True,
+                umask=0o077,  # its files (logs, artifacts it writes) are the owner's only
             )
         url = server_url(port)
         record = {
