@@ -321,7 +321,8 @@ def test_mlflow_server_start_without_its_database_is_one_line(server_env: dict[s
     assert done.returncode == 2
     message = done.stderr.strip()
     assert "\n" not in message and message.startswith(
-        f"ecom-ml: error: MLflow's database {server_env['ECOM_MLFLOW_DB_URL']} is not reachable (")
+        f"ecom-ml: error: MLflow's database {mlflow_server.redact(server_env['ECOM_MLFLOW_DB_URL'])} is not reachable (")
+    assert pg_server.pg_password not in message, "the password is masked"
     assert message.endswith("start it with `ecom-ml db start` (or fix ECOM_MLFLOW_DB_URL)")
 
 

@@ -28,6 +28,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -453,6 +454,13 @@ def start(settings: Settings | None = None) -> ServerStatus:
                 )
             wanted = {"backend": redact(backend_store_uri(cfg)), "artifacts": artifacts_uri(cfg)}
             running_with = {"backend": current.backend, "artifacts": current.artifacts}
+            if (current.backend != wanted["backend"] and current.artifacts == wanted["artifacts"]
+                    and _without_password(current.backend or "") == _without_password(wanted["backend"])):
+                # Started by an earlier version, before the database had a password: its new
+                # connections would be refused, so it is restarted with the credentialed URL.
+                _terminate_group(current.pid)
+                pid_file(cfg).unlink(missing_ok=True)
+                return _start_locked(cfg, port)
             for key, value in wanted.items():
                 if running_with[key] != value:
                     raise MlflowServerError(
@@ -463,52 +471,61 @@ def start(settings: Settings | None = None) -> ServerStatus:
                 _wait_healthy(cfg, current.pid, current.url or server_url(port))
             return status(cfg)
         pid_file(cfg).unlink(missing_ok=True)  # stale: its process is gone
-        if port_in_use(LOCAL_HOST, port):
-            raise MlflowServerError(
-                f"port {port} on {LOCAL_HOST} is already in use by another program: stop it or choose another "
-                f"port with ECOM_MLFLOW_PORT"
-            )
-        backend = backend_store_uri(cfg)
-        check_backend_reachable(backend)
-        artifacts = artifacts_uri(cfg)
-        if artifacts.startswith("file://"):
-            Path(urllib.parse.unquote(urllib.parse.urlsplit(artifacts).path)).mkdir(parents=True, exist_ok=True)
-        cfg.log_dir.mkdir(parents=True, exist_ok=True)
-        log = log_file(cfg)
-        secrets.make_private(log)  # from an earlier version, created 0644
-        with open(log, "a", opener=lambda path, flags: os.open(path, flags, 0o600)) as handle:
-            handle.write(f"\n{_START_MARKER} {datetime.now(timezone.utc).isoformat(timespec='seconds')}\n")
-            handle.flush()
-            proc = subprocess.Popen(
-                server_command(cfg, port),
-                stdin=subprocess.DEVNULL,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                env=_server_env(backend),
-                cwd=str(cfg.home),
-                # Own session: it outlives the CLI, and `stop` can signal the whole process group.
-                start_new_session=True,
-                umask=0o077,  # its files (logs, artifacts it writes) are the owner's only
-            )
-        url = server_url(port)
-        record = {
-            "pid": proc.pid,
-            "port": port,
-            "url": url,
-            "backend": redact(backend),
-            "artifacts": artifacts,
-            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        tmp = pid_file(cfg).with_suffix(".pid.tmp")
-        tmp.write_text(json.dumps(record))
-        tmp.replace(pid_file(cfg))
-        try:
-            _wait_healthy(cfg, proc.pid, url)
-        except BaseException:
-            _terminate_group(proc.pid)
-            pid_file(cfg).unlink(missing_ok=True)
-            raise
-        return status(cfg)
+        return _start_locked(cfg, port)
+
+
+def _without_password(url: str) -> str:
+    return re.sub(r"(//[^:/@]+):[^@]*@", r"\1@", url)
+
+
+def _start_locked(cfg: Settings, port: int) -> ServerStatus:
+    """Start the server (the caller holds the lock and has checked nothing runs)."""
+    if port_in_use(LOCAL_HOST, port):
+        raise MlflowServerError(
+            f"port {port} on {LOCAL_HOST} is already in use by another program: stop it or choose another "
+            f"port with ECOM_MLFLOW_PORT"
+        )
+    backend = backend_store_uri(cfg)
+    check_backend_reachable(backend)
+    artifacts = artifacts_uri(cfg)
+    if artifacts.startswith("file://"):
+        Path(urllib.parse.unquote(urllib.parse.urlsplit(artifacts).path)).mkdir(parents=True, exist_ok=True)
+    cfg.log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_file(cfg)
+    secrets.make_private(log)  # from an earlier version, created 0644
+    with open(log, "a", opener=lambda path, flags: os.open(path, flags, 0o600)) as handle:
+        handle.write(f"\n{_START_MARKER} {datetime.now(timezone.utc).isoformat(timespec='seconds')}\n")
+        handle.flush()
+        proc = subprocess.Popen(
+            server_command(cfg, port),
+            stdin=subprocess.DEVNULL,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=_server_env(backend),
+            cwd=str(cfg.home),
+            # Own session: it outlives the CLI, and `stop` can signal the whole process group.
+            start_new_session=True,
+            umask=0o077,  # its files (logs, artifacts it writes) are the owner's only
+        )
+    url = server_url(port)
+    record = {
+        "pid": proc.pid,
+        "port": port,
+        "url": url,
+        "backend": redact(backend),
+        "artifacts": artifacts,
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    tmp = pid_file(cfg).with_suffix(".pid.tmp")
+    tmp.write_text(json.dumps(record))
+    tmp.replace(pid_file(cfg))
+    try:
+        _wait_healthy(cfg, proc.pid, url)
+    except BaseException:
+        _terminate_group(proc.pid)
+        pid_file(cfg).unlink(missing_ok=True)
+        raise
+    return status(cfg)
 
 
 def _wait_healthy(cfg: Settings, pid: int | None, url: str) -> None:

@@ -194,7 +194,6 @@ def start(settings: Settings) -> Status:
             _ensure_traversable(bin_dir())
             _ensure_traversable(settings.home)
         current = status(settings)
-        _ensure_password_file(settings, initialised=current.version is not None)
         if current.version is not None:
             want = binary_major_version()
             if current.version != str(want):
@@ -203,6 +202,7 @@ def start(settings: Settings) -> Status:
                     f"PostgreSQL {want}: dump it with that version's pg_dumpall and move the folder away "
                     f"(or delete it to start empty)"
                 )
+        _ensure_password_file(settings, initialised=current.version is not None)
         if current.running:
             if current.port != settings.pg_port:
                 raise ServerError(
