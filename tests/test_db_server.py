@@ -21,6 +21,7 @@ import pytest
 from ecom_ml import settings as settings_mod
 from ecom_ml.db import server
 from ecom_ml.localhost import free_port
+from os_users import other_user, run_as  # noqa: F401 - other_user is a fixture
 
 
 @pytest.fixture
@@ -241,29 +242,6 @@ def test_a_trust_data_directory_of_an_earlier_version_is_upgraded_in_place(own_s
     assert "no password supplied" in _connect_error(trust_dsn)
 
 
-@pytest.fixture
-def other_user() -> str:
-    """A throwaway OS account: the hostile local user of the issue."""
-    if os.geteuid() != 0:
-        pytest.fail("this test creates a throwaway OS user with useradd and runs commands as it with runuser: "
-                    "run it as root (the CI container does)")
-    import uuid
-
-    name = f"ecomx{uuid.uuid4().hex[:8]}"
-    subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/sh", name], check=True, capture_output=True)
-    yield name
-    subprocess.run(["userdel", name], capture_output=True)
-
-
-def _as(user: str, *argv: str) -> subprocess.CompletedProcess[str]:
-    import shutil
-
-    runuser = shutil.which("runuser") or shutil.which("runuser", path="/usr/sbin:/sbin")
-    assert runuser, "runuser (util-linux) is needed to act as another OS user"
-    return subprocess.run([runuser, "-u", user, "--", *argv], capture_output=True, text=True, timeout=60,
-                          cwd="/", env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"})
-
-
 def test_another_os_user_cannot_connect_or_read_the_secrets(own_server, other_user):
     server.start(own_server)
     psql = str(server.bin_dir() / "psql")
@@ -272,10 +250,10 @@ def test_another_os_user_cannot_connect_or_read_the_secrets(own_server, other_us
     for target in (f"host=127.0.0.1 port={port} user=postgres dbname=postgres",
                    f"host={own_server.run_dir} port={port} user=postgres dbname=postgres",
                    f"host=127.0.0.1 port={port} user={other_user} dbname=postgres"):
-        done = _as(other_user, psql, "-w", target, "-c", "COPY (SELECT 1) TO PROGRAM 'id'")
+        done = run_as(other_user, psql, "-w", target, "-c", "COPY (SELECT 1) TO PROGRAM 'id'")
         assert done.returncode != 0, f"{other_user} connected with {target!r}: {done.stdout}"
         assert "no password supplied" in done.stderr or "password authentication failed" in done.stderr, done.stderr
-    assert _as(other_user, psql, "--version").returncode == 0, "the refusal above was the server's, not a missing psql"
+    assert run_as(other_user, psql, "--version").returncode == 0, "the refusal above was the server's, not a missing psql"
     for secret in (own_server.pg_password_file,):
-        done = _as(other_user, "cat", str(secret))
+        done = run_as(other_user, "cat", str(secret))
         assert done.returncode != 0 and "Permission denied" in done.stderr, (secret, done)

@@ -177,6 +177,7 @@ def configure_client(uri: str) -> str:
         if name == _MLFLOW_BACKOFF_ENV and os.environ.get(name) and os.environ[name] != _applied.get(name):
             continue  # the user's backoff
         os.environ[name] = _applied[name] = str(value)
+    secrets.install_log_redaction()
     bare, user, secret = split_credentials(uri)
     if user is not None:
         os.environ["MLFLOW_TRACKING_USERNAME"] = user

@@ -6,11 +6,11 @@ Two mechanisms, because secrets reach output two ways:
   are registered with Airflow's secrets masker (:func:`mask`), which replaces them in every task
   log line and rendered field, in the task process *and* its supervisor. Outside Airflow (the CLI,
   tests) that import is skipped and :func:`redact_text` covers our own messages.
-* **URLs in text we did not write** (urllib3's ``Going to retry the same request: POST
-  https://hooks.slack.com/services/T…/B…/SECRET`` warning, a library's exception) are scrubbed by
-  :class:`RedactingFilter`, a logging filter installed on the loggers that emit them; it needs no
-  list of secrets, only their shape: the password of ``scheme://user:password@host`` and the path
-  of a Slack webhook (the token *is* the path).
+* **URLs in text we did not write** (the Slack SDK's ``Going to retry the same request: POST
+  https://hooks.slack.com/services/T…/B…/SECRET``, a library's exception) are scrubbed where the
+  log record is created (:func:`install_log_redaction`); that needs no list of secrets, only their
+  shape: the password of ``scheme://user:password@host``, the path of a Slack webhook (the token
+  *is* the path) and ``password=`` values.
 
 The DB URL helper :func:`ecom_ml.db.redact_url` and ``mlflow_server.redact`` both end in
 :func:`redact_text`, so every message masks the same way.
@@ -53,35 +53,38 @@ def mask(secret: str | None, name: str | None = None) -> None:
     mask_secret(secret, name)
 
 
-class RedactingFilter(logging.Filter):
-    """Rewrites a record's message with :func:`redact_text` (libraries log URLs we cannot change)."""
+_installed = False
 
-    def filter(self, record: logging.LogRecord) -> bool:
+
+def install_log_redaction() -> None:
+    """From now on, every log record this process creates has :func:`redact_text` applied to its
+    message (idempotent).
+
+    Why a record factory and not a handler filter: a task's records are rendered by the Airflow
+    supervisor, in another process, from what the task sends it; the only point where a library's
+    line (the Slack SDK's ``Going to retry the same request: POST <webhook URL>``, urllib3's retry
+    warnings) can be cleaned for every destination is where the record is created. Logger filters
+    would not do either: they see only records of that exact logger, and the Slack hook logs under
+    a per-class name.
+    """
+    global _installed
+    if _installed:
+        return
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args, **kwargs) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
         try:
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a broken record is the logging module's business
-            return True
+            return record
         cleaned = redact_text(message)
         if cleaned != message:
             record.msg, record.args = cleaned, None
-        return True
+        return record
 
-
-#: Loggers that print request URLs verbatim: urllib3's retry warning, requests, the Slack SDK.
-LIBRARY_LOGGERS = ("urllib3", "urllib3.connectionpool", "urllib3.util.retry", "requests", "slack_sdk",
-                   "slack_sdk.webhook", "airflow.providers.slack", "airflow.providers.smtp")
-
-
-def install_log_filter() -> None:
-    """Attach :class:`RedactingFilter` to :data:`LIBRARY_LOGGERS` and the root logger's handlers
-    (idempotent). Filters on a logger do not apply to its children's records, so each is named."""
-    for name in LIBRARY_LOGGERS:
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, RedactingFilter) for f in logger.filters):
-            logger.addFilter(RedactingFilter())
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
-            handler.addFilter(RedactingFilter())
+    logging.setLogRecordFactory(factory)
+    _installed = True
 
 
 def write_private(path: Path, text: str) -> None:
