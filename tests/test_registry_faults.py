@@ -263,3 +263,89 @@ def test_an_alias_moved_by_one_rest_call_is_flagged_and_refused(server: Server, 
     assert args.func(args) == 0
     assert registry.verify_champion(MODEL).verified
     assert registry.verified_champion(MODEL, download=False).version == good["version"]
+
+
+class _BasicAuthProxy:
+    """HTTP basic authentication in front of the real server, as an nginx/ingress in front of a shared
+    MLflow does (MLflow's own ``--app-name basic-auth`` needs Flask-WTF, not installed here; the
+    client side, which is what ecom-ml controls, is the same: ``Authorization: Basic …``)."""
+
+    def __init__(self, upstream: str, user: str, password: str) -> None:
+        import base64
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlsplit
+
+        expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        target = urlsplit(upstream)
+        counts = self.counts = {"authorized": 0, "refused": 0}
+
+        class Handler(BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                if self.headers.get("Authorization") != expected:
+                    counts["refused"] += 1
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="mlflow"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                counts["authorized"] += 1
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "authorization")}
+                conn.request(self.command, self.path, body=body or None, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                for key, value in resp.getheaders():
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_POST = do_PATCH = do_DELETE = _forward  # noqa: N815 - http.server's hook names
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+
+
+def test_a_credentialed_tracking_uri_works_and_never_shows_its_password(
+        server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        capfd: pytest.CaptureFixture[str]):
+    import logging
+
+    password = f"p@ss:{os.urandom(6).hex()}"  # '@' and ':' must survive the URL
+    proxy = _BasicAuthProxy(server.url, "ecom", password)
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    from urllib.parse import quote
+
+    uri = f"http://ecom:{quote(password, safe='')}@127.0.0.1:{proxy.port}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    try:
+        with caplog.at_level(logging.DEBUG):
+            gated = steps.gate_and_register(MODEL, DAY, "manual__creds", *_night(tmp_path, "manual__creds"))
+            steps.promote(MODEL, gated, "manual__creds")
+            assert registry.verified_champion(MODEL, download=True).version == gated["version"]
+        assert proxy.counts["authorized"] > 5 and proxy.counts["refused"] == 0, proxy.counts
+
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://ecom:wrong-{quote(password, safe='')}@127.0.0.1:{proxy.port}")
+        with pytest.raises(RegistryError) as info:
+            Registry(cache_dir=tmp_path / "c2")
+        assert str(info.value) == (f"MLflow tracking server http://ecom:***@127.0.0.1:{proxy.port} is not reachable "
+                                   f"(HTTP 401): check MLFLOW_TRACKING_URI")
+    finally:
+        proxy.close()
+    out, err = capfd.readouterr()
+    for text in (caplog.text, out, err, str(info.value)):
+        assert password not in text and quote(password, safe="") not in text
