@@ -212,10 +212,14 @@ def test_gate_report_of_a_failed_candidate(reg: Registry, nights: list[dict]):
         data.gate_report(reg, MODEL, 9)
 
 
-def test_a_champion_moved_outside_the_gate_is_flagged(reg: Registry, tmp_path: Path):
+def test_a_champion_moved_outside_the_gate_is_flagged(pg_server, scratch_dbs, tmp_path: Path):
     """Issue 12, item 2: the alias moved by hand (as one MLflow REST call would) to a version that
-    failed its gate shows as NOT verified, with both reasons, and the view says not to serve it."""
+    failed its gate shows as NOT verified, with both reasons, and the view says not to serve it.
+    A registry of its own: the module's is what the page tests count."""
     from ecom_ml.ui import models_html
+
+    reg = Registry(pg_server.local_url(scratch_dbs("mlflow")["mlflow"], "postgresql+psycopg2"),
+                   artifacts=(tmp_path / "artifacts").as_uri(), cache_dir=tmp_path / "cache")
 
     model = "reco_bypassed"
     config = GateConfig.load(MODEL)

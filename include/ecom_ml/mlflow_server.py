@@ -201,15 +201,17 @@ _FAILURE_REASONS = (
     ("Connection reset", "the server closed the connection"),
     ("ProtocolError", "the server closed the connection"),
     ("No route to host", "no route to host"),
+    ("error responses", "it kept answering with server errors"),
 )
 
 
 def connection_failure(text: str) -> str | None:
     """The short reason when an MLflow/requests error says the server could not be talked to
     (refused, timed out, dropped), else None (an answer from the server, e.g. a 404)."""
-    if "API request to" not in text and "HTTPConnectionPool" not in text and "HTTPSConnectionPool" not in text \
-            and "Max retries exceeded" not in text:
-        return None
+    markers = ("failed with exception", "failed with timeout exception", "Max retries exceeded",
+               "HTTPConnectionPool", "HTTPSConnectionPool")
+    if not any(marker in text for marker in markers):
+        return None  # the server answered (an MLflow error code or an HTTP status): its message says why
     for needle, reason in _FAILURE_REASONS:
         if needle in text:
             return reason

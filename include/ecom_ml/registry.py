@@ -26,10 +26,18 @@ Decisions, and why:
   needs no extra schema, and it works over the REST API (compose/production workers have no access
   to MLflow's database). The promoted version also gets tags ``ecom.promoted_at``,
   ``ecom.promoted_by``, ``ecom.promotion_reason``, ``ecom.previous_champion`` (its latest promotion;
-  the full record is the history). The event is written *before* the alias moves and removed again if
-  the move fails, so the history never misses a move that happened.
-* **Promote is idempotent**: promoting the current champion again is a no-op (a re-run DAG task must
-  not write a second event).
+  the full record is the history).
+* **Promote and register are safe to retry at any point.** The alias moves only to a version whose
+  gate record is complete and passed (verdict tags plus ``ecom.gate.sha256``, the digest of the
+  stored report, written last and checked against the file). The alias moves first (the commit
+  point), then the history event and the version tags are written; a repeated call completes what
+  an interrupted one left out and never records a move twice. A candidate is keyed by its Airflow
+  run (``ecom.candidate_key``), so a retried registration reuses the run or version of the failed
+  attempt. Every MLflow call is bounded (``ECOM_MLFLOW_TIMEOUT_SECONDS``, ``ECOM_MLFLOW_RETRIES``)
+  and a server that stops answering is one line naming it.
+* **A champion is verified before it is served** (:meth:`Registry.verified_champion`): anyone who
+  can write to MLflow can move an alias with one REST call; a champion whose version has no passing
+  gate record, or whose move is not the last one in the history, is refused and flagged.
 * **Rollback returns only to a version that was champion before.** A never-promoted version never
   passed the gate as champion; to use it, promote it (through the gate). ``to_version=None`` undoes
   the last change like a stack: after v1 -> v2 -> v3, rollback gives v2, another rollback v1, and a
