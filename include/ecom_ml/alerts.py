@@ -12,6 +12,11 @@ counted, and the next message after the window carries their summary. The counte
 Airflow Variable, so every worker shares it. An alert that cannot be delivered is logged; it never
 replaces the task's own failure.
 
+No secret reaches a log: both Connections' passwords are registered with Airflow's masker (also in
+the scheduler and under ``airflow dags test``, where the task SDK does not do it), and the Slack
+SDK logs through a stdlib logger whose records are redacted where they are created (its retry line
+carries the webhook URL; see :mod:`ecom_ml.secrets`).
+
 Missed deadlines (``ecom_ml.deadlines``) go out through the same channels with :func:`deliver`,
 outside the rate limit: there is at most one per DAG and night (backfill runs are skipped), and
 deadline callbacks may read Variables but not write them.
@@ -170,8 +175,7 @@ def _has_connection(conn_id: str) -> bool:
     except Exception:  # noqa: BLE001 - not found (the SDK raises its own not-found error type)
         return False
     secrets.install_log_redaction()
-    for value in (conn.password, getattr(conn, "host", None) if conn.password is None else None):
-        secrets.mask(value)
+    secrets.mask(conn.password)  # the webhook URL or token / the SMTP password
     return True
 
 
