@@ -21,6 +21,7 @@ import pytest
 from ecom_ml import settings as settings_mod
 from ecom_ml.db import server
 from ecom_ml.localhost import free_port
+from os_users import other_user, run_as  # noqa: F401 - other_user is a fixture
 
 
 @pytest.fixture
@@ -118,7 +119,9 @@ def test_status_and_url_commands(own_server):
     assert done.returncode == 0 and f"127.0.0.1:{own_server.pg_port}" in done.stdout
     url = subprocess.run([_cli(), "db", "url", "--database", "airflow"], env=_env(own_server),
                          capture_output=True, text=True, check=True).stdout.strip()
-    assert url == f"postgresql://postgres@127.0.0.1:{own_server.pg_port}/airflow"
+    password = own_server.pg_password_file.read_text().strip()
+    assert url == f"postgresql://postgres:{password}@127.0.0.1:{own_server.pg_port}/airflow", \
+        "`db url` prints the real URL: the user asked for it"
     with psycopg2.connect(url) as conn, conn.cursor() as cur:
         cur.execute("SELECT current_database()")
         assert cur.fetchone() == ("airflow",)
@@ -149,3 +152,108 @@ def test_two_setups_at_once_share_one_stack(tmp_path):
     finally:
         subprocess.run([_cli(), "mlflow", "stop"], env=env, capture_output=True)
         server.stop(cfg)
+
+
+# ---- authentication (issue 12, item 6) ------------------------------------------------------------
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def _hba_methods(cfg: settings_mod.Settings) -> set[str]:
+    """The authentication methods of pg_hba.conf's rules (the last field of each non-comment line)."""
+    return {line.split()[-1] for line in (cfg.pgdata / "pg_hba.conf").read_text().splitlines()
+            if line.strip() and not line.lstrip().startswith("#")}
+
+
+def _connect_error(dsn: str) -> str:
+    with pytest.raises(psycopg2.OperationalError) as info:
+        psycopg2.connect(dsn, connect_timeout=5).close()
+    return str(info.value)
+
+
+def test_every_connection_needs_the_generated_password(own_server):
+    server.start(own_server)
+    secret_file = own_server.pg_password_file
+    assert _mode(secret_file) == 0o600 and _mode(secret_file.parent) == 0o700
+    password = secret_file.read_text().strip()
+    assert len(password) >= 32
+    assert _hba_methods(own_server) == {"scram-sha-256"}
+
+    with psycopg2.connect(own_server.local_url("orders")) as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1")
+    port = own_server.pg_port
+    assert "no password supplied" in _connect_error(f"host=127.0.0.1 port={port} user=postgres dbname=postgres")
+    assert "password authentication failed" in _connect_error(
+        f"host=127.0.0.1 port={port} user=postgres password=guess dbname=postgres")
+    assert "no password supplied" in _connect_error(
+        f"host={own_server.run_dir} port={port} user=postgres dbname=postgres"), "the Unix socket too"
+
+
+def test_a_wrong_password_is_one_line_naming_the_file(own_server, monkeypatch):
+    server.start(own_server)
+    server.stop(own_server)
+    monkeypatch.setenv("ECOM_PG_PASSWORD", "not-the-password")
+    with pytest.raises(server.ServerError) as info:
+        server.start(own_server)
+    message = str(info.value)
+    assert message.startswith(f"PostgreSQL on port {own_server.pg_port} refused the project's password (")
+    assert "not-the-password" not in message and "\n" not in message
+
+
+def test_a_trust_data_directory_of_an_earlier_version_is_upgraded_in_place(own_server):
+    """What `ecom-ml setup` of an older checkout left: initdb --auth=trust, the server running."""
+    cfg = own_server
+    cfg.home.mkdir(parents=True)
+    user, _ = server._run_as()
+    if user is not None:
+        server._ensure_traversable(server.bin_dir())
+        server._ensure_traversable(cfg.home)
+    cfg.pgdata.mkdir(mode=0o700)
+    server._chown(cfg.pgdata, user)
+    done = server._pg("initdb", ["-D", str(cfg.pgdata), "--auth=trust", "--username=postgres",
+                                 "--encoding=UTF8", "--locale=C.UTF-8"], timeout=120)
+    assert done.returncode == 0, done.stderr
+    for folder in (cfg.run_dir, cfg.log_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+        server._chown(folder, user)
+    done = server._pg("pg_ctl", ["-D", str(cfg.pgdata), "-l", str(cfg.log_dir / "postgres.log"), "-w",
+                                 "-o", f"-p {cfg.pg_port} -k {cfg.run_dir} -c listen_addresses=127.0.0.1", "start"])
+    assert done.returncode == 0, done.stderr
+    trust_dsn = f"host=127.0.0.1 port={cfg.pg_port} user=postgres dbname=postgres"
+    with psycopg2.connect(trust_dsn) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE kept (x int); INSERT INTO kept VALUES (7)")
+    conn.close()
+    assert not cfg.pg_password_file.exists()
+    pid = server.status(cfg).pid
+
+    upgraded = server.start(cfg)
+    assert upgraded.pid == pid, "upgraded while running: no restart needed"
+    assert _mode(cfg.pg_password_file) == 0o600
+    assert _hba_methods(cfg) == {"scram-sha-256"}
+    assert "no password supplied" in _connect_error(trust_dsn)
+    with psycopg2.connect(cfg.local_url("postgres")) as conn, conn.cursor() as cur:
+        cur.execute("SELECT x FROM kept")
+        assert cur.fetchone() == (7,), "the data survived"
+    conn.close()
+    server.stop(cfg)
+    assert server.start(cfg).running, "and it starts again with password authentication"
+    assert "no password supplied" in _connect_error(trust_dsn)
+
+
+def test_another_os_user_cannot_connect_or_read_the_secrets(own_server, other_user):
+    server.start(own_server)
+    psql = str(server.bin_dir() / "psql")
+    server._ensure_traversable(server.bin_dir())
+    port = own_server.pg_port
+    for target in (f"host=127.0.0.1 port={port} user=postgres dbname=postgres",
+                   f"host={own_server.run_dir} port={port} user=postgres dbname=postgres",
+                   f"host=127.0.0.1 port={port} user={other_user} dbname=postgres"):
+        done = run_as(other_user, psql, "-w", target, "-c", "COPY (SELECT 1) TO PROGRAM 'id'")
+        assert done.returncode != 0, f"{other_user} connected with {target!r}: {done.stdout}"
+        assert "no password supplied" in done.stderr or "password authentication failed" in done.stderr, done.stderr
+    assert run_as(other_user, psql, "--version").returncode == 0, "the refusal above was the server's, not a missing psql"
+    for secret in (own_server.pg_password_file,):
+        done = run_as(other_user, "cat", str(secret))
+        assert done.returncode != 0 and "Permission denied" in done.stderr, (secret, done)

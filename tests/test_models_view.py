@@ -235,6 +235,44 @@ def test_gate_report_of_a_failed_candidate(reg: Registry, nights: list[dict]):
         data.gate_report(reg, MODEL, 9)
 
 
+def test_a_champion_moved_outside_the_gate_is_flagged(pg_server, scratch_dbs, tmp_path: Path):
+    """Issue 12, item 2: the alias moved by hand (as one MLflow REST call would) to a version that
+    failed its gate shows as NOT verified, with both reasons, and the view says not to serve it.
+    A registry of its own: the module's is what the page tests count."""
+    from ecom_ml.ui import models_html
+
+    reg = Registry(pg_server.local_url(scratch_dbs("mlflow")["mlflow"], "postgresql+psycopg2"),
+                   artifacts=(tmp_path / "artifacts").as_uri(), cache_dir=tmp_path / "cache")
+
+    model = "reco_bypassed"
+    config = GateConfig.load(MODEL)
+    versions = []
+    for name, evaluation in (("good", NIGHTS[0][1]), ("bad", NIGHTS[2][1])):
+        folder = tmp_path / name / "model"
+        folder.mkdir(parents=True)
+        (folder / "recommender.keras").write_bytes(b"PK\x03\x04 " + name.encode())
+        report = evaluate_gate(config, evaluation, None, BASELINES)
+        versions.append(reg.log_candidate(model, f"{model} {name}", {}, evaluation, folder,
+                                          gate_report=json.loads(report.to_json())).version)
+    good, bad = versions
+    reg.promote(model, good, "gate passed", "airflow")
+    assert data.model_view(reg, model).champion.verified
+
+    reg.client.set_registered_model_alias(model, "champion", str(bad))  # outside ecom-ml
+    champ = data.model_view(reg, model).champion
+    assert champ.version == bad and not champ.verified
+    assert champ.problems[0].startswith(f"{model} v{bad} failed its gate: gate FAILED for recommender")
+    assert champ.problems[1] == f"the alias move to v{bad} is not in the history (the last recorded champion is v{good})"
+
+    class _Url:
+        path = "/x"
+
+    links = models_html.Links(url_for=lambda *a, **k: _Url())
+    card = models_html._champion_card(data.model_view(reg, model), links)
+    assert 'data-verified="false"' in card and 'data-testid="champion-unverified">not verified<' in card
+    assert "this champion must not be served: " in card and "is not in the history" in card
+
+
 def test_quality_days_newest_first_with_status_and_publication(lake: Lake):
     rows = data.quality_days(lake)
     assert [(r.day, r.status, r.published, r.report_zone) for r in rows] == [

@@ -67,6 +67,14 @@ def _with_units(result: dict) -> dict:
     return {**result, "per_unit": {"unit": "customer", "digest": "d", "values": {"ndcg@10": [result["ndcg@10"]] * 100}}}
 
 
+BASELINES = {"repeat_purchase": _with_units({**METRICS, "ndcg@10": 0.28})}
+
+
+def _report(ndcg: float) -> dict:
+    """The recommender gate's report for a candidate with this NDCG@10 (passes from about 0.286)."""
+    return evaluate_gate("recommender", _with_units(_metrics(ndcg)), None, BASELINES).to_dict()
+
+
 def test_log_candidate_registers_a_version_with_files_params_and_metrics(reg: Registry, tmp_path: Path):
     model = "reco_log"
     assert reg.champion(model) is None, "no registered model yet: no champion"
@@ -89,9 +97,9 @@ def test_log_candidate_registers_a_version_with_files_params_and_metrics(reg: Re
 
 def test_promote_rollback_and_history(reg: Registry, tmp_path: Path):
     model = "reco_flow"
-    v1 = reg.log_candidate(model, "run-1", {}, _metrics(0.30), _model_dir(tmp_path, "v1"))
-    v2 = reg.log_candidate(model, "run-2", {}, _metrics(0.31), _model_dir(tmp_path, "v2"))
-    v3 = reg.log_candidate(model, "run-3", {}, _metrics(0.25), _model_dir(tmp_path, "v3"))
+    v1 = reg.log_candidate(model, "run-1", {}, _metrics(0.30), _model_dir(tmp_path, "v1"), gate_report=_report(0.30))
+    v2 = reg.log_candidate(model, "run-2", {}, _metrics(0.31), _model_dir(tmp_path, "v2"), gate_report=_report(0.31))
+    v3 = reg.log_candidate(model, "run-3", {}, _metrics(0.25), _model_dir(tmp_path, "v3"), gate_report=_report(0.25))
 
     reg.promote(model, v1.version, "first model beats the baselines", "airflow:recommender_training")
     assert reg.champion_version(model) == 1
@@ -158,7 +166,7 @@ def test_refusals_are_one_line(reg: Registry, tmp_path: Path):
 
 def test_attach_gate_report_stores_json_markdown_and_verdict(reg: Registry, tmp_path: Path):
     model = "reco_gate"
-    baselines = {"repeat_purchase": _with_units({**METRICS, "ndcg@10": 0.28})}
+    baselines = BASELINES
     report = evaluate_gate("recommender", _with_units(_metrics(0.30)), None, baselines)
     cand = reg.log_candidate(model, "run-1", {}, _metrics(0.30), _model_dir(tmp_path, "v1"),
                              gate_report=report.to_dict())
@@ -195,7 +203,8 @@ def test_module_api_and_rollback_cli_use_the_configured_tracking_uri(
     monkeypatch.setenv("USER", "dana")
     model = "reco_cli"
     for n in (1, 2):
-        cand = registry.log_candidate(model, f"run-{n}", {}, _metrics(0.3), _model_dir(tmp_path, f"v{n}"))
+        cand = registry.log_candidate(model, f"run-{n}", {}, _metrics(0.3), _model_dir(tmp_path, f"v{n}"),
+                                      gate_report=_report(0.3))
         registry.promote(model, cand.version, f"promotion {n}", "airflow")
     assert registry.get_registry().uri == mlflow_db
 
@@ -284,7 +293,8 @@ def test_mlflow_server_start_status_stop(server_env: dict[str, str], tmp_path: P
 
     # The pipeline's calls work through the server, artifacts land under ECOM_MLFLOW_ARTIFACTS.
     through_server = Registry(url, cache_dir=tmp_path / "cache")
-    cand = through_server.log_candidate("reco_server", "run-1", {"k": 1}, _metrics(0.3), _model_dir(tmp_path, "s1"))
+    cand = through_server.log_candidate("reco_server", "run-1", {"k": 1}, _metrics(0.3), _model_dir(tmp_path, "s1"),
+                                        gate_report=_report(0.3))
     through_server.promote("reco_server", cand.version, "first", "test")
     champ = through_server.champion("reco_server")
     assert champ is not None and champ.metrics == _metrics(0.3) and (champ.path / "vocab.json").is_file()
@@ -316,7 +326,8 @@ def test_mlflow_server_start_without_its_database_is_one_line(server_env: dict[s
     assert done.returncode == 2
     message = done.stderr.strip()
     assert "\n" not in message and message.startswith(
-        f"ecom-ml: error: MLflow's database {server_env['ECOM_MLFLOW_DB_URL']} is not reachable (")
+        f"ecom-ml: error: MLflow's database {mlflow_server.redact(server_env['ECOM_MLFLOW_DB_URL'])} is not reachable (")
+    assert pg_server.pg_password not in message, "the password is masked"
     assert message.endswith("start it with `ecom-ml db start` (or fix ECOM_MLFLOW_DB_URL)")
 
 

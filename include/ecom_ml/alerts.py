@@ -12,6 +12,11 @@ counted, and the next message after the window carries their summary. The counte
 Airflow Variable, so every worker shares it. An alert that cannot be delivered is logged; it never
 replaces the task's own failure.
 
+No secret reaches a log: both Connections' passwords are registered with Airflow's masker (also in
+the scheduler and under ``airflow dags test``, where the task SDK does not do it), and the Slack
+SDK logs through a stdlib logger whose records are redacted where they are created (its retry line
+carries the webhook URL; see :mod:`ecom_ml.secrets`).
+
 Missed deadlines (``ecom_ml.deadlines``) go out through the same channels with :func:`deliver`,
 outside the rate limit: there is at most one per DAG and night (backfill runs are skipped), and
 deadline callbacks may read Variables but not write them.
@@ -155,13 +160,45 @@ def admit(alert: Alert, now: datetime | None = None) -> tuple[bool, list[str]]:
 
 
 def _has_connection(conn_id: str) -> bool:
+    """Whether the Connection exists; its secrets are registered with the masker on the way.
+
+    Inside a task the SDK masks a Connection's password itself, but alerts also go out from the
+    scheduler (deadline callbacks) and from ``airflow dags test``, where nothing does, and the Slack
+    SDK logs the full webhook URL (its secret) when it retries a request.
+    """
     from airflow.sdk import Connection
 
+    from ecom_ml import secrets
+
     try:
-        Connection.get(conn_id)
+        conn = Connection.get(conn_id)
     except Exception:  # noqa: BLE001 - not found (the SDK raises its own not-found error type)
         return False
+    secrets.install_log_redaction()
+    secrets.mask(conn.password)  # the webhook URL or token / the SMTP password
     return True
+
+
+def _send_to_slack(text: str) -> None:
+    """Post through the provider's webhook hook, with the Slack SDK logging to a stdlib logger.
+
+    The hook hands its own (structlog) logger to the SDK, whose retry line carries the full webhook
+    URL, i.e. the secret; the Airflow supervisor masks it in the task log but relays the raw line
+    to the scheduler's log. A stdlib logger's records pass :func:`ecom_ml.secrets.install_log_redaction`
+    in this process, before they go anywhere.
+    """
+    from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
+
+    hook = SlackWebhookHook(slack_webhook_conn_id=SLACK_CONN)
+    hook.client.logger = logging.getLogger("ecom_ml.alerts.slack_sdk")
+    hook.send(text=text)
+
+
+def _clean(exc: BaseException) -> str:
+    """A delivery error as one line, with any URL credential or webhook token masked."""
+    from ecom_ml.secrets import redact_text
+
+    return redact_text(" ".join(str(exc).split()) or type(exc).__name__)
 
 
 def _local_file(uri: str | None) -> str | None:
@@ -175,13 +212,11 @@ def deliver(alert: Alert, text: str, context: dict[str, Any]) -> list[str]:
     """Send to every configured channel; returns the channels that took it (none: logged only)."""
     delivered = []
     if _has_connection(SLACK_CONN):
-        from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
-
         try:
-            SlackWebhookNotifier(slack_webhook_conn_id=SLACK_CONN, text=text).notify(context)
+            _send_to_slack(text)
             delivered.append("slack")
         except Exception as exc:  # noqa: BLE001 - logged; the task's failure stays the story
-            log.error("alert to Slack (%s) failed: %s", SLACK_CONN, exc)
+            log.error("alert to Slack (%s) failed: %s", SLACK_CONN, _clean(exc))
     if _has_connection(SMTP_CONN):
         from airflow.providers.smtp.notifications.smtp import SmtpNotifier
         from airflow.sdk import Variable
@@ -199,7 +234,7 @@ def deliver(alert: Alert, text: str, context: dict[str, Any]) -> list[str]:
                              html_content=html, files=[attachment] if attachment else None).notify(context)
                 delivered.append("email")
             except Exception as exc:  # noqa: BLE001 - logged; the task's failure stays the story
-                log.error("alert e-mail (%s) failed: %s", SMTP_CONN, exc)
+                log.error("alert e-mail (%s) failed: %s", SMTP_CONN, _clean(exc))
     log.info("alert delivered to: %s", ", ".join(delivered) or "log only (no ecom_slack / ecom_smtp connection)")
     return delivered
 

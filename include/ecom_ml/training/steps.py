@@ -294,11 +294,16 @@ def gate_and_register(model: str, day: date, run_id: str, trained: dict[str, Any
     out = trained["out_uri"].rstrip("/")
     write_text(f"{out}/gate_report.json", report.to_json())
     write_text(f"{out}/gate_report.md", report.to_markdown())
+    # Keyed by the Airflow run: a retry after MLflow failed half-way reuses the version (or the run)
+    # registered by the failed attempt and completes its gate record, instead of leaving an orphan.
     candidate = registry.log_candidate(
         model, run_name=f"{model} {day.isoformat()} {run_id}", params=trained.get("params", {}),
         metrics=evaluation["candidate"], artifacts_dir=trained["model_uri"],
         tags={"day": day.isoformat(), "airflow_run_id": run_id, "gate": "passed" if report.passed else "failed"},
+        key=f"airflow:{model}/{run_id}",
     )
+    # The version carries its complete gate record (report files, verdict tags, digest last) before
+    # `promote` may move the alias; promote checks that record itself.
     registry.attach_gate_report(candidate, json.loads(report.to_json()))
     result = {"version": candidate.version, "passed": report.passed, "summary": report.summary_line(),
               "report": f"{out}/gate_report.md", "day": day.isoformat()}
@@ -309,6 +314,8 @@ def gate_and_register(model: str, day: date, run_id: str, trained: dict[str, Any
 
 
 def promote(model: str, gated: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """Move the champion alias to the gated version. Safe to retry at any point: a retry after MLflow
+    failed mid-promotion completes the history event and version tags instead of doing nothing."""
     from ecom_ml import registry
 
     registry.promote(model, gated["version"], reason=f"gate passed on {gated['day']}: {gated['summary']}",

@@ -115,6 +115,10 @@ class Champion:
     #: The evaluation logged with the version, nested as evaluated (slices, cost).
     metrics: dict[str, Any]
     mlflow_url: str | None = None
+    #: False when its version has no passing gate record or its alias move is not in the history
+    #: (``Registry.verify_champion``: e.g. the alias was moved by hand over MLflow's REST API).
+    verified: bool = True
+    problems: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -426,11 +430,13 @@ def model_view(reg: Registry, model: str, *, candidates: int = DEFAULT_CANDIDATE
 
     champion = None
     if champion_info is not None:
+        check = reg.verify_champion(model)
         champion = Champion(
             version=champion_info.version, since=champion_info.since, promoted_by=champion_info.promoted_by,
             reason=champion_info.reason, day=days_of_version.get(champion_info.version),
             run_id=champion_info.run_id, metrics=champion_info.metrics,
             mlflow_url=mlflow_url(reg, model, champion_info.version),
+            verified=check.verified, problems=list(check.problems),
         )
     return ModelView(**base, metrics=metrics, champion=champion, candidates=candidates_out, trend=trend,
                      best_baseline=best.baseline if best else None,

@@ -190,10 +190,15 @@ def _champion_card(view: ModelView, links: Links) -> str:
         f'<a href="{e(links.gate(view.name, champ.version))}">gate report</a>',
         _external(champ.mlflow_url),
     ]))
+    flag = "" if champ.verified else (
+        f'{_badge("not verified", "failed", testid="champion-unverified")}'
+        + _msg("this champion must not be served: " + "; ".join(champ.problems), error=True,
+               testid="champion-problems"))
     return (
-        f'<div class="card" data-testid="champion" data-version="{champ.version}"><div class="label">Champion</div>'
+        f'<div class="card" data-testid="champion" data-version="{champ.version}" '
+        f'data-verified="{str(champ.verified).lower()}"><div class="label">Champion</div>'
         f'<div class="big"><span data-testid="champion-version" id="champion-version-{e(view.name)}">v{champ.version}</span></div>'
-        "<dl>"
+        f"{flag}<dl>"
         f'<dt>since</dt><dd data-testid="champion-since">{e(champ.since or "unknown (alias set outside ecom-ml)")}</dd>'
         f"<dt>trained for</dt><dd>{e(champ.day or '—')}</dd>"
         f"<dt>promoted by</dt><dd>{e(champ.promoted_by or '—')}</dd>"
