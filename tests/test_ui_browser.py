@@ -195,7 +195,7 @@ def test_a_person_loads_history_trains_and_reads_the_models_view(ui, browser, mo
         # 5. A person shrinks the training window on the Variables API (what the Variables page
         #    does), and trains again: a worse candidate, which the gate rejects; the run fails.
         changed = page.request.patch(f"{ui['url']}/api/v2/variables/ecom_recommender_window_days",
-                                   data={"key": "ecom_recommender_window_days", "value": "3"})
+                                   data={"key": "ecom_recommender_window_days", "value": "5"})
         assert changed.ok, changed.text()
         second = _trigger_training(page, ui["url"], TRIGGERED_DAY)
         _wait_run_end(page, second, want="Failed")
