@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ecom_ml.quality.config import QualityConfig, QualityConfigError, RuleSettings, Severity
-from ecom_ml.quality.report import DayHistory, QualityReport, QualityReportError, RuleResult
+from ecom_ml.quality.report import DayHistory, Quarantine, QualityReport, QualityReportError, RuleResult
 
 if TYPE_CHECKING:
     from ecom_ml.quality.validate import QualityInputError, validate_day
@@ -29,13 +29,14 @@ __all__ = [
     "QualityInputError",
     "QualityReport",
     "QualityReportError",
+    "Quarantine",
     "RuleResult",
     "RuleSettings",
     "Severity",
     "validate_day",
 ]
 
-_LAZY = {"validate_day", "QualityInputError"}
+_LAZY = {"validate_day", "check_day", "QualityInputError"}
 
 
 def __getattr__(name: str) -> Any:
