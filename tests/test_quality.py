@@ -124,7 +124,7 @@ def test_clean_day_passes_and_reports_every_rule_once(config: QualityConfig) -> 
     assert [r.rule for r in report.results] == list(config.rules)  # every rule once, in config order
     assert all(r.success is True for r in report.results), [r.rule for r in report.results if not r.success]
     assert report.row_counts == {"orders": 41, "order_items": 123, "customers": 5, "products": 7}
-    assert report.metrics == {"created_orders": 40, "created_lines": 120, "late_changes": 1}
+    assert report.metrics == {"created_orders": 40, "created_lines": 120, "late_changes": 1, "cancelled": 0}
     assert report.quarantine is None
     assert report.summary_line() == f"orders {DAY}: all {len(config.rules)} evaluated rules passed"
     assert all(r.severity in ("error", "warning") for r in report.results)
@@ -536,6 +536,20 @@ def test_cancellation_share_counts_orders_created_in_the_interval(config: Qualit
     # 20 of the 40 orders created today; the older cancelled order is not in the denominator.
     assert (report.status, r.success, r.severity, r.observed) == ("warning", False, "warning", 0.5)
     assert failed_rules(report) == {"orders.cancellation_share"}
+
+
+def test_cancellation_share_learns_what_is_normal_for_the_shop(config: QualityConfig) -> None:
+    """A shop where a quarter of the new orders are cancelled every day: 30% is not unusual there."""
+    rows = clean_rows()
+    for order in rows["orders"][:12]:  # 12 of 40 = 30%
+        order["status"] = "cancelled"
+    assert run(rows, config).result("orders.cancellation_share").success is False  # configured 25%
+    history = [DayHistory(DAY - timedelta(days=d), 40, 120, 1, 9 + d % 3) for d in range(1, 29)]
+    r = run(rows, config, history=history).result("orders.cancellation_share")
+    assert r.success is True and r.threshold.startswith("≤ 41.25% (max of 25% and 1.5 × p90 27.5% of 28")
+    for order in rows["orders"][:24]:  # 60%: unusual even here
+        order["status"] = "refunded"
+    assert run(rows, config, history=history).result("orders.cancellation_share").success is False
 
 
 def test_naive_interval_is_rejected_with_one_line() -> None:

@@ -38,6 +38,28 @@ def test_quantile_bins_keep_a_heavy_tail_apart() -> None:
     assert numeric_drift("quantity", ref, cur, 10, "psi").value > 0.25
 
 
+def test_a_small_day_from_the_same_distribution_does_not_drift(config: QualityConfig) -> None:
+    """Issue 13 measurement: 40 orders' country mix moves by chance; the test keeps that from firing."""
+    from ecom_ml.quality.drift import INPUTS, drift_results
+
+    rng = np.random.default_rng(3)
+    countries = np.array(["United Kingdom"] * 90 + ["Germany", "France", "EIRE", "Netherlands", "Spain"] * 2)
+
+    def day(n: int) -> dict[str, np.ndarray]:
+        inputs = {name: rng.choice(["a", "b"], n) for name in INPUTS}
+        inputs.update(unit_price=rng.lognormal(1, 1, n * 20), quantity=rng.integers(1, 24, n * 20).astype(float),
+                      basket_size=rng.integers(1, 40, n).astype(float), country_mix=rng.choice(countries, n))
+        return inputs
+
+    reference = [day(60) for _ in range(14)]
+    flagged = sum(r.failed for _ in range(20) for r in drift_results(day(40), reference, config))
+    assert flagged == 0
+    # The same statistic without the significance test would have flagged noise.
+    r = categorical_drift("country_mix", np.concatenate([d["country_mix"] for d in reference]),
+                          rng.choice(countries, 40), 20, "js")
+    assert r.p_value > config.drift.significance
+
+
 def test_categorical_drift_names_the_largest_change() -> None:
     ref = np.array(["GB"] * 900 + ["FR"] * 50 + ["DE"] * 50)
     cur = np.array(["GB"] * 700 + ["DE"] * 300)

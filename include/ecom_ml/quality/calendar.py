@@ -19,7 +19,6 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -42,10 +41,11 @@ class DayCounts:
     created_lines: int
     late_changes: int
     partition_orders: int
+    cancelled: int = 0
 
     def metrics(self) -> dict[str, int]:
         return {"created_orders": self.created_orders, "created_lines": self.created_lines,
-                "late_changes": self.late_changes}
+                "late_changes": self.late_changes, "cancelled": self.cancelled}
 
 
 def created_mask(orders: pa.Table, start: datetime, end: datetime) -> pa.ChunkedArray:
@@ -63,7 +63,25 @@ def day_counts(tables: Mapping[str, pa.Table], start: datetime, end: datetime) -
                                                                  value_set=created_ids)).as_py() or 0)
     created = int(pc.sum(mask).as_py() or 0)
     late = pc.fill_null(pc.less(orders.column("created_at"), pa.scalar(start, orders.column("created_at").type)), False)
-    return DayCounts(created, created_lines, int(pc.sum(late).as_py() or 0), orders.num_rows)
+    cancelled = 0
+    if "status" in orders.column_names:
+        gone = pc.fill_null(pc.is_in(orders.column("status"), value_set=pa.array(["cancelled", "refunded"])), False)
+        cancelled = int(pc.sum(pc.and_(mask, gone)).as_py() or 0)
+    return DayCounts(created, created_lines, int(pc.sum(late).as_py() or 0), orders.num_rows, cancelled)
+
+
+def cancellation_bound(history: Sequence[DayHistory], day: date, config: QualityConfig) -> tuple[float, str]:
+    """The allowed cancelled share of the day's new orders: configured, or learned from the open days before."""
+    s = config.rule("orders.cancellation_share")
+    window = [h.cancelled / h.orders for h in history
+              if day - timedelta(days=s["window_days"]) <= h.day < day and h.orders > 0]
+    if len(window) < s["min_history_days"]:
+        return s["max_share"], f"≤ {s['max_share']:.2%} (configured; {len(window)} of {s['min_history_days']} " \
+                               "open days of history)"
+    p90 = float(np.quantile(window, 0.9))
+    bound = min(1.0, max(s["max_share"], s["multiplier"] * p90))
+    return bound, f"≤ {bound:.2%} (max of {s['max_share']:.0%} and {s['multiplier']:g} × p90 {p90:.1%} of " \
+                  f"{len(window)} previous open days)"
 
 
 @dataclass(frozen=True)
@@ -217,6 +235,3 @@ def history_by_day(history: Sequence[DayHistory], day: date) -> dict[date, DayHi
     """Days strictly before ``day``; a day listed twice counts once (the later entry wins)."""
     return {h.day: h for h in history if h.day < day}
 
-
-def describe_counts(counts: DayCounts) -> dict[str, Any]:
-    return counts.metrics()

@@ -58,6 +58,8 @@ class DriftSettings:
     min_reference_days: int = 5
     bins: int = 10
     top_categories: int = 20
+    #: An input drifts only if its test's p-value is below this (a few dozen orders vary by chance).
+    significance: float = 0.001
 
 
 @dataclass(frozen=True)
@@ -215,7 +217,9 @@ def _build(raw: Any, where: str) -> QualityConfig:
         raise QualityConfigError(f"quality config {where}: drift: min_reference_days "
                                  f"({drift_raw['min_reference_days']}) > reference_days "
                                  f"({drift_raw['reference_days']}), so drift could never be evaluated")
-    drift = DriftSettings(**{k: int(v) for k, v in drift_raw.items()})
+    if not 0.0 < drift_raw["significance"] <= 1.0:
+        raise _invalid(where, "drift.significance", "a p-value in (0, 1]", drift_raw["significance"])
+    drift = DriftSettings(**{k: (float(v) if k == "significance" else int(v)) for k, v in drift_raw.items()})
 
     rules: dict[str, RuleSettings] = {EMPTY_DAY_RULE: RuleSettings(empty_day, {})}
     for table, table_rules in raw["rules"].items():

@@ -9,6 +9,13 @@ population stability index (PSI; 0.1 is a small, 0.25 a significant shift) and t
 distance; categorical inputs and shares with the Jensen-Shannon distance (base 2, in [0, 1]) over the
 reference's most frequent values plus "other". scipy computes the divergences.
 
+A day of a small shop holds a few dozen orders, and the divergence of a few dozen draws from the
+very same distribution is not small (the country mix of 40 orders moves by chance). So an input
+drifts only when the effect is large (statistic above its threshold) *and* unlikely to be chance:
+a two-sample Kolmogorov-Smirnov test (numeric) or a chi-square test of homogeneity (categorical)
+below ``drift.significance`` in ``quality.yaml``. On training windows (thousands of rows) the test is
+always significant for a real shift, and the effect size decides.
+
 Two callers: the daily check (a day against its trailing open validated days) and training
 (``window_drift``: the new feature window against the champion's training window).
 """
@@ -24,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy.spatial.distance import jensenshannon
 from scipy.special import rel_entr
+from scipy.stats import chi2_contingency, ks_2samp
 
 from ecom_ml.quality.config import QualityConfig
 from ecom_ml.quality.report import RuleResult
@@ -85,10 +93,17 @@ class Drift:
     reference_n: int
     current_n: int
     summary: str
+    #: Of the KS (numeric) or chi-square (categorical) test: how likely a difference this large is by chance.
+    p_value: float | None = None
+
+    def drifted(self, threshold: float, significance: float) -> bool:
+        return (self.value is not None and self.value > threshold
+                and self.p_value is not None and self.p_value < significance)
 
     def to_dict(self) -> dict[str, Any]:
         return {"input": self.input, "statistic": self.statistic, "value": self.value, "psi": self.psi,
-                "js": self.js, "reference_n": self.reference_n, "current_n": self.current_n, "summary": self.summary}
+                "js": self.js, "p_value": self.p_value, "reference_n": self.reference_n,
+                "current_n": self.current_n, "summary": self.summary}
 
 
 def _psi(ref: np.ndarray, cur: np.ndarray) -> float:
@@ -108,8 +123,9 @@ def numeric_drift(name: str, ref: np.ndarray, cur: np.ndarray, bins: int, statis
     r = np.bincount(np.searchsorted(edges, ref, side="right"), minlength=len(edges) + 1) / len(ref)
     c = np.bincount(np.searchsorted(edges, cur, side="right"), minlength=len(edges) + 1) / len(cur)
     psi, js = _psi(r, c), _js(r, c)
+    p_value = float(ks_2samp(ref, cur).pvalue)
     summary = f"median {np.median(cur):,.2f} vs {np.median(ref):,.2f}; {len(edges) + 1} quantile bins"
-    return Drift(name, statistic, psi if statistic == "psi" else js, psi, js, len(ref), len(cur), summary)
+    return Drift(name, statistic, psi if statistic == "psi" else js, psi, js, len(ref), len(cur), summary, p_value)
 
 
 def categorical_drift(name: str, ref: np.ndarray, cur: np.ndarray, top: int, statistic: str) -> Drift:
@@ -117,16 +133,19 @@ def categorical_drift(name: str, ref: np.ndarray, cur: np.ndarray, top: int, sta
         return Drift(name, statistic, None, None, None, len(ref), len(cur), "no values to compare")
     values, counts = np.unique(ref, return_counts=True)
     keep = list(values[np.argsort(-counts, kind="stable")[:top]])
-    def shares(x: np.ndarray) -> np.ndarray:
+    def counts_of(x: np.ndarray) -> np.ndarray:
         known = np.isin(x, keep)
-        out = np.array([np.sum(x == v) for v in keep] + [np.sum(~known)], dtype=float)
-        return out / len(x)
-    r, c = shares(ref), shares(cur)
+        return np.array([np.sum(x == v) for v in keep] + [np.sum(~known)], dtype=float)
+
+    rc, cc = counts_of(ref), counts_of(cur)
+    r, c = rc / len(ref), cc / len(cur)
     psi, js = _psi(r, c), _js(r, c)
+    table = np.vstack([rc, cc])[:, (rc + cc) > 0]
+    p_value = float(chi2_contingency(table).pvalue) if table.shape[1] > 1 else 1.0
     lead = int(np.argmax(np.abs(c - r)))
     label = keep[lead] if lead < len(keep) else "other"
     summary = f"largest change: {label} {c[lead]:.1%} vs {r[lead]:.1%}"
-    return Drift(name, statistic, psi if statistic == "psi" else js, psi, js, len(ref), len(cur), summary)
+    return Drift(name, statistic, psi if statistic == "psi" else js, psi, js, len(ref), len(cur), summary, p_value)
 
 
 def compare(reference: Mapping[str, np.ndarray], current: Mapping[str, np.ndarray], config: QualityConfig
@@ -157,7 +176,8 @@ def drift_results(current: Mapping[str, np.ndarray], reference: Sequence[Mapping
         rule = f"drift.{name}"
         s = config.rule(rule)
         statistic = "PSI" if s["statistic"] == "psi" else "Jensen-Shannon distance"
-        description = f"{statistic}: {name.replace('_', ' ')} against {len(reference)} previous open day(s)"
+        description = (f"{statistic}: {name.replace('_', ' ')} against {len(reference)} previous open day(s); "
+                       f"drifts when above the threshold and significant (p < {config.drift.significance:g})")
         base = {"rule": rule, "table": "drift", "severity": config.severity(rule), "description": description,
                 "threshold": f"≤ {s['threshold']:g}"}
         d = by_input.get(name)
@@ -169,8 +189,9 @@ def drift_results(current: Mapping[str, np.ndarray], reference: Sequence[Mapping
                 reason = "no orders created in the day"
             results.append(RuleResult(success=None, observed=None, detail=f"not evaluated: {reason}", **base))
             continue
-        results.append(RuleResult(success=d.value <= s["threshold"], observed=round(d.value, 4),
-                                  detail=f"PSI {d.psi:.3f}, JS {d.js:.3f}; {d.summary}", **base))
+        results.append(RuleResult(success=not d.drifted(s["threshold"], config.drift.significance),
+                                  observed=round(d.value, 4),
+                                  detail=f"PSI {d.psi:.3f}, JS {d.js:.3f}, p {d.p_value:.2g}; {d.summary}", **base))
     return results
 
 
@@ -190,7 +211,7 @@ def window_drift(reference_tables: Mapping[str, pa.Table], current_tables: Mappi
     inputs, drifted = {}, []
     for d in drifts:
         s = config.rule(f"drift.{d.input}")
-        flag = d.value is not None and d.value > s["threshold"]
+        flag = d.drifted(s["threshold"], config.drift.significance)
         inputs[d.input] = {**d.to_dict(), "threshold": s["threshold"], "severity": config.severity(f"drift.{d.input}"),
                            "drifted": flag}
         if flag:

@@ -50,14 +50,15 @@ def day_history(lake: Lake, day: date) -> DayHistory | None:
     extra = manifest.extra
     return DayHistory(day, int(extra.get("created_orders", manifest.rows.get("orders", 0))),
                       int(extra.get("created_lines", manifest.rows.get("order_items", 0))),
-                      int(extra.get("late_changes", 0)))
+                      int(extra.get("late_changes", 0)), int(extra.get("cancelled", 0)))
 
 
 def load_reference(lake: Lake, day: date, config: QualityConfig) -> Reference:
     """The validated history before ``day`` the rules need (bounded by the longest configured window)."""
     days = [d for d in lake.days(VALIDATED, DATASET) if d < day]
     weeks = max(config.rule("orders.volume_band")["weeks"], config.rule("order_items.volume_band")["weeks"])
-    horizon = max(7 * weeks, config.rule("orders.late_changes")["window_days"])
+    horizon = max(7 * weeks, config.rule("orders.late_changes")["window_days"],
+                  config.rule("orders.cancellation_share")["window_days"])
     history = [h for d in days if d >= day - timedelta(days=horizon) if (h := day_history(lake, d)) is not None]
     open_days = {h.day for h in history if h.orders > 0}
 

@@ -39,6 +39,8 @@ class DayHistory:
     orders: int
     order_lines: int
     late_changes: int = 0
+    #: Of the orders created that day, those cancelled or refunded (as of the check).
+    cancelled: int = 0
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,8 @@ class QualityReport:
         """This day as the baseline of later days' volume and late-change rules."""
         m = self.metrics
         return DayHistory(self.day, m.get("created_orders", self.row_counts.get("orders", 0)),
-                          m.get("created_lines", self.row_counts.get("order_items", 0)), m.get("late_changes", 0))
+                          m.get("created_lines", self.row_counts.get("order_items", 0)), m.get("late_changes", 0),
+                          m.get("cancelled", 0))
 
     def summary_line(self) -> str:
         """One line for logs, task failure reasons and alert titles: what failed, observed vs allowed."""

@@ -38,6 +38,8 @@ class SuiteInputs:
 
     interval_start: datetime
     interval_end: datetime
+    #: The allowed cancelled share (configured or learned) and how it was derived.
+    cancellation_share: tuple[float, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -121,10 +123,10 @@ def orders_checks(inputs: SuiteInputs, config: QualityConfig) -> list[Check]:
     b.add("updated_after_created", b.gxe.ExpectColumnPairValuesAToBeGreaterThanB, "updated_at ≥ created_at",
           "updated_at before created_at", columns=("updated_at", "created_at"),
           column_A="updated_at", column_B="created_at", or_equal=True)
-    max_share = config.rule("orders.cancellation_share")["max_share"]
+    max_share, threshold = inputs.cancellation_share or (config.rule("orders.cancellation_share")["max_share"], None)
     b.add("cancellation_share", b.gxe.ExpectColumnValuesToNotBeInSet,
           "share of cancelled or refunded orders among those created in the interval",
-          "status cancelled/refunded", columns=("status", "created_at"), max_share=max_share,
+          "status cancelled/refunded", columns=("status", "created_at"), max_share=max_share, threshold=threshold,
           column="status", value_set=["cancelled", "refunded"],
           row_condition=created_today)
     return b.checks
@@ -250,7 +252,7 @@ def _to_result(check: Check, validation: Any, table: pa.Table, config: QualityCo
         sample=sample_rows(table, every[: config.sample_rows], config.sample_rows),
         max_share=check.max_share,
         success=bool(validation.success),
-    ), rows=tuple(every))
+    ), rows=tuple(every), **({"threshold": check.threshold} if check.threshold and check.max_share else {}))
 
 
 def _exception_message(info: Any) -> str | None:

@@ -81,13 +81,14 @@ def check_day(
 
     results: list[RuleResult] = [check_schema(name, present.get(name), config) for name in TABLES]
     frames = {name: to_frame(table) for name, table in present.items()}
-    results += run_checks(build_checks(SuiteInputs(start, end), config), present, frames, usable, config)
+    past = calendar.history_by_day(history, day)
+    inputs = SuiteInputs(start, end, calendar.cancellation_bound(list(past.values()), day, config))
+    results += run_checks(build_checks(inputs, config), present, frames, usable, config)
     results += [check_reference(ref, present, usable, config) for ref in REFERENCES]
     metrics: dict[str, int] = {}
     if {"created_at", "order_id"} <= usable["orders"] and "order_id" in usable["order_items"]:
         counts = calendar.day_counts(present, start, end)
         metrics = counts.metrics()
-        past = calendar.history_by_day(history, day)
         cal_orders = calendar.calendar(day, past, config, "orders.volume_band")
         cal_lines = calendar.calendar(day, past, config, "order_items.volume_band")
         results += [
