@@ -10,8 +10,12 @@ published without their bad rows), and on how many whole quarantined days it fai
 open days each rule fired on; and how many alerts the days would send (whole quarantined days and
 days over ``alert_bad_row_share``; warnings send none).
 
+``--dag-days N`` then also backfills the first N days through the real DAG (``dag.test()``, one run
+per day, on a fresh lake) with a local SMTP server and a Slack-style webhook as the alert channels,
+and counts the messages they received.
+
 Usage: .venv/bin/python bench/quality_year.py [--first 2009-12-01] [--last 2010-12-09] [--keep]
-           [--markdown table.md] [--quality-config my.yaml]
+           [--markdown table.md] [--quality-config my.yaml] [--dag-days 30]
 """
 
 from __future__ import annotations
@@ -61,6 +65,66 @@ def backfill(url: str, lake_root: str, first: date, last: date, quality_config: 
         out.append(row)
         day += timedelta(days=1)
     return out
+
+
+def dag_backfill_alerts(url: str, lake_root: str, first: date, days: int) -> dict:
+    """Run ``days`` days through the orders_ingest DAG with local alert receivers; count the messages."""
+    import os
+    import socket
+    import threading
+    import uuid
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from aiosmtpd.controller import Controller
+
+    received: dict[str, list] = {"email": [], "slack": []}
+
+    class Inbox:
+        async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook name
+            received["email"].append(envelope.content)
+            return "250 OK"
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's hook name
+            received["slack"].append(json.loads(self.rfile.read(int(self.headers["Content-Length"])))["text"])
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        smtp_port = probe.getsockname()[1]
+    smtp = Controller(Inbox(), hostname="127.0.0.1", port=smtp_port)
+    smtp.start()
+    web = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    os.environ.update(settings_mod.airflow_environment(settings_mod.load()))
+    os.environ.update({
+        "AIRFLOW_CONN_ORDERS_DB": url, "ECOM_LAKE_ROOT": lake_root, "ECOM_TASK_RETRIES": "0",
+        "ECOM_DEADLINE_ALERTS": "off", "ECOM_ALERT_STATE_VARIABLE": f"ecom_alert_state_{uuid.uuid4().hex[:8]}",
+        "AIRFLOW_CONN_ECOM_SLACK": json.dumps({"conn_type": "slackwebhook",
+                                               "password": f"http://127.0.0.1:{web.server_port}/services/T/B/x"}),
+        "AIRFLOW_CONN_ECOM_SMTP": json.dumps({"conn_type": "smtp", "host": "127.0.0.1", "port": smtp_port, "extra": {
+            "disable_ssl": True, "disable_tls": True, "from_email": "alerts@shop.test", "retry_limit": 0}}),
+        "AIRFLOW_VAR_ECOM_ALERT_EMAIL_TO": "oncall@shop.test",
+    })
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder=str(Path(__file__).resolve().parents[1] / "dags")).get_dag(
+        "orders_ingest")
+    states: Counter = Counter()
+    try:
+        for offset in range(days):
+            end = first + timedelta(days=offset + 1)
+            run = dag.test(logical_date=datetime(end.year, end.month, end.day, tzinfo=timezone.utc))
+            states[str(run.state)] += 1
+    finally:
+        smtp.stop()
+        web.shutdown()
+    return {"days": days, "runs": dict(states), "emails": len(received["email"]), "slack": len(received["slack"]),
+            "slack_texts": received["slack"]}
 
 
 def tabulate(days: list[dict]) -> tuple[list[tuple], dict]:
@@ -113,6 +177,9 @@ def main() -> None:
     parser.add_argument("--quality-config", default=None)
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table here")
     parser.add_argument("--keep", action="store_true", help="keep the lake (printed) for inspection")
+    parser.add_argument("--dag-days", type=int, default=0,
+                        help="also run the first N days through the DAG with local alert receivers")
+    parser.add_argument("--skip-backfill", action="store_true", help="only the --dag-days measurement")
     args = parser.parse_args()
 
     settings = settings_mod.load()
@@ -124,6 +191,14 @@ def main() -> None:
         result = import_file(url, args.source, rejects=Path(tmp) / "rejects.csv", progress=False)
         t_import = time.perf_counter() - t0
         print(result.describe())
+        alerts = None
+        if args.dag_days:
+            t0 = time.perf_counter()
+            alerts = dag_backfill_alerts(url, (Path(tmp) / "dag_lake").as_uri(), args.first, args.dag_days)
+            alerts["seconds"] = round(time.perf_counter() - t0)
+            print(json.dumps(alerts, indent=1))
+        if args.skip_backfill:
+            return
         lake_dir = Path(tempfile.mkdtemp(prefix="quality_year_lake_")) if args.keep else Path(tmp) / "lake"
         t0 = time.perf_counter()
         days = backfill(url, lake_dir.as_uri(), args.first, args.last, args.quality_config)

@@ -106,15 +106,25 @@ def test_drift_settings_are_checked(tmp_path: Path) -> None:
         QualityConfig.load(path)
 
 
+def _window(customers: int = 60) -> dict:
+    """A training window's rows: 240 orders by ``customers`` customers."""
+    rows = clean_rows(orders=240)
+    for i, order in enumerate(rows["orders"]):
+        order["customer_id"] = 1 + i % customers
+    template = rows["customers"][0]
+    rows["customers"] = [{**template, "customer_id": c, "external_ref": f"C{c}"} for c in range(1, customers + 1)]
+    return rows
+
+
 def test_window_drift_for_training(config: QualityConfig) -> None:
     """What the training evaluate step records: the new window against the champion's window."""
-    champion = to_tables(clean_rows())
-    same = window_drift(champion, to_tables(clean_rows()))
+    champion = to_tables(_window())
+    same = window_drift(champion, to_tables(_window()))
     assert same["drifted"] == [] and set(same["inputs"]) == {
         "unit_price", "quantity", "basket_size", "category_mix", "country_mix", "new_customer_share",
         "new_product_share"}
     assert same["inputs"]["unit_price"]["value"] == pytest.approx(0.0, abs=1e-9)
-    rows = clean_rows()
+    rows = _window()
     for order in rows["orders"]:
         order["country"] = "FR"
     moved = window_drift(champion, to_tables(rows))
@@ -128,9 +138,9 @@ def test_new_customers_and_products_are_flagged_in_the_inputs() -> None:
     rows["customers"][0]["created_at"] = START  # customer 1 first ordered today
     rows["products"][0]["created_at"] = START - timedelta(days=3)
     inputs = drift_inputs(to_tables(rows))
-    orders_by_1 = sum(1 for o in rows["orders"] if o["customer_id"] == 1)
-    # Every order of customer 1 counts as new: its customer record is no older than a day before them.
-    assert (inputs["new_customer_share"] == "new").sum() == orders_by_1
+    # Counted per customer: customer 1 (9 orders) is one new customer among the 5.
+    assert list(inputs["new_customer_share"]).count("new") == 1 and len(inputs["new_customer_share"]) == 5
+    assert len(inputs["country_mix"]) == 5
     assert (inputs["new_product_share"] == "new").sum() == sum(1 for i in rows["order_items"] if i["product_id"] == 1)
 
 

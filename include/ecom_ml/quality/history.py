@@ -67,7 +67,9 @@ def load_reference(lake: Lake, day: date, config: QualityConfig) -> Reference:
     lines, list_prices, drift = [], [], []
     for d in sorted((d for d in days if d >= day - timedelta(days=max(price_window, drift_window))), reverse=True):
         want_drift = d >= day - timedelta(days=drift_window) and d in open_days and len(drift) < config.drift.reference_days
-        tables = lake.read(VALIDATED, DATASET, d)
+        # Only the tables the rules read (customers only for the drift reference's new-customer share).
+        tables = lake.read(VALIDATED, DATASET, d, ["orders", "order_items", "products"]
+                           + (["customers"] if want_drift else []))
         created = created_mask(tables["orders"], *_interval(d))
         if d >= day - timedelta(days=price_window):
             created_ids = tables["orders"].filter(created).column("order_id")

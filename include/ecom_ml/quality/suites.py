@@ -2,8 +2,9 @@
 
 Every rule GX has an expectation for is a GX expectation here, carrying the rule name in ``meta`` and
 its severity in GX's own ``severity`` field (error -> critical), so a suite exported from this code
-says the same as the report. Thresholds that depend on the run (interval, lookback, price bound,
-volume band) are plain values computed before the suites are built.
+says the same as the report. Thresholds that depend on the run (the interval, the learned
+cancellation share) are plain values computed before the suites are built. Results come back in
+GX's COMPLETE format: the position of every offending row, which row-level quarantine takes out.
 
 GX is imported inside the functions only: importing it costs seconds and the DAG imports this package
 at parse time.
