@@ -343,10 +343,13 @@ def test_late_changes_are_judged_against_what_is_normal_for_the_shop(config: Qua
 
 def test_late_changes_use_the_configured_share_without_history(config: QualityConfig) -> None:
     rows = clean_rows()
-    for order in rows["orders"][:30]:
+    for order in rows["orders"][:30]:  # 31 of 41 orders (76%) changed late: lenient without history
+        order.update(created_at=START - timedelta(days=3), updated_at=START + timedelta(hours=2), status="cancelled")
+    assert run(rows, config).result("orders.late_changes").success is True
+    for order in rows["orders"][:36]:  # 37 of 41 (90%)
         order.update(created_at=START - timedelta(days=3), updated_at=START + timedelta(hours=2), status="cancelled")
     r = run(rows, config).result("orders.late_changes")
-    assert (r.success, r.observed) == (False, 31) and "configured" in r.threshold
+    assert (r.success, r.observed) == (False, 37) and "configured" in r.threshold
 
 
 def test_changes_older_than_the_lake_are_counted(config: QualityConfig) -> None:
