@@ -6,7 +6,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from ecom_ml.ingest.tasks import DATASET, REPORT_JSON

@@ -100,6 +100,11 @@ def test_injected_faults_are_caught_and_only_their_orders_quarantined(lake_cfg) 
     manifest = lake.manifest(VALIDATED, DATASET, bad_day)
     assert manifest.extra["quality"] == "warning" and manifest.extra["quarantined_rows"] is True
     assert report.quarantine.orders == len(bad_ids)
+    # The Models view tells a day published without its bad rows from a quarantined one.
+    from ecom_ml.ui.models_data import quality_days
+
+    newest = quality_days(lake)[0]
+    assert (newest.day, newest.published) == (bad_day.isoformat(), "validated, rows quarantined")
     # Re-running the day gives byte-identical validated and quarantined files.
     before = (_files(lake, VALIDATED, bad_day), _files(lake, QUARANTINE, bad_day))
     assert run_day(cfg, bad_day)["decision"] == "rows"
