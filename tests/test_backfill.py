@@ -51,11 +51,16 @@ def stack(pg_server, scratch_dbs, tmp_path_factory):
         )
         assert cur.rowcount > 0
     lake_dir = tmp_path_factory.mktemp("lake")
+    # A shop that quarantines a whole day for any bad row (by default a few bad orders are only taken
+    # out of the day, which is then published: see the README's data-quality section).
+    quality = tmp_path_factory.mktemp("quality") / "quality.yaml"
+    quality.write_text("max_bad_row_share: 0.0\n")
     overrides = {
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg_server.local_url(names["airflow"], "postgresql+psycopg2"),
         "AIRFLOW_CONN_ORDERS_DB": orders_url,
         "ECOM_LAKE_ROOT": lake_dir.as_uri(),
         "ECOM_TASK_RETRIES": "0",
+        "AIRFLOW_VAR_ECOM_QUALITY_CONFIG": str(quality),
     }
     port = free_port()
     env = local_airflow.stack_env(port, overrides)

@@ -21,6 +21,10 @@ import pytest
 
 from ecom_ml.ingest.schema import arrow_schema
 from ecom_ml.quality import DayHistory, QualityConfig, QualityConfigError, QualityReport, validate_day
+from ecom_ml.quality.calendar import created_mask
+from ecom_ml.quality.drift import drift_inputs
+from ecom_ml.quality.history import Reference
+from ecom_ml.quality.prices import PriceHistory
 
 UTC = timezone.utc
 DAY = date(2024, 1, 15)
@@ -74,10 +78,32 @@ def to_tables(rows: Rows) -> dict[str, pa.Table]:
 
 
 def run(
-    rows: Rows | dict[str, pa.Table], config: QualityConfig, history: list[DayHistory] | None = None
+    rows: Rows | dict[str, pa.Table], config: QualityConfig, history: list[DayHistory] | None = None,
+    reference: Reference | None = None,
 ) -> QualityReport:
     tables = rows if all(isinstance(t, pa.Table) for t in rows.values()) else to_tables(rows)  # type: ignore[arg-type]
-    return validate_day(tables, day=DAY, interval_start=START, interval_end=END, history=history or [], config=config)
+    return validate_day(tables, day=DAY, interval_start=START, interval_end=END, history=history or [], config=config,
+                        reference=reference)
+
+
+def open_history(weeks: int = 8, orders: int = 40, lines: int = 120) -> list[DayHistory]:
+    """Every day of the previous ``weeks`` weeks open, with the clean day's created counts."""
+    return [DayHistory(DAY - timedelta(days=d), orders, lines, 1) for d in range(1, 7 * weeks + 1)]
+
+
+def clean_reference(days: int = 14, history: list[DayHistory] | None = None) -> Reference:
+    """What the lake would hold after ``days`` clean days: price history and drift reference."""
+    tables = to_tables(clean_rows())
+    created = created_mask(tables["orders"], START, END)
+    items = tables["order_items"]
+    lines = pa.table({"product_id": items.column("product_id"),
+                      "unit_price": items.column("unit_price").cast(pa.float64())})
+    products = tables["products"]
+    prices = PriceHistory(pa.concat_tables([lines] * days),
+                          pa.table({"product_id": products.column("product_id"),
+                                    "price": products.column("price").cast(pa.float64())}))
+    return Reference(history=history or open_history(), prices=prices,
+                     drift=[drift_inputs(tables, created)] * days, first_lake_day=DAY - timedelta(days=60))
 
 
 def failed_rules(report: QualityReport) -> set[str]:
@@ -92,12 +118,14 @@ def steady_history(days: int, orders: int = 41, lines: int = 123) -> list[DayHis
 
 
 def test_clean_day_passes_and_reports_every_rule_once(config: QualityConfig) -> None:
-    report = run(clean_rows(), config, history=steady_history(14))
+    report = run(clean_rows(), config, history=open_history(), reference=clean_reference())
 
     assert report.status == "pass", report.summary_line()
     assert [r.rule for r in report.results] == list(config.rules)  # every rule once, in config order
     assert all(r.success is True for r in report.results), [r.rule for r in report.results if not r.success]
     assert report.row_counts == {"orders": 41, "order_items": 123, "customers": 5, "products": 7}
+    assert report.metrics == {"created_orders": 40, "created_lines": 120, "late_changes": 1, "cancelled": 0}
+    assert report.quarantine is None
     assert report.summary_line() == f"orders {DAY}: all {len(config.rules)} evaluated rules passed"
     assert all(r.severity in ("error", "warning") for r in report.results)
 
@@ -178,26 +206,83 @@ def test_guest_share_can_be_allowed(config: QualityConfig, tmp_path: Path) -> No
     assert (r.success, r.observed, r.threshold) == (False, round(10 / 41, 6), "≤ 10.00%")
 
 
-def test_price_outlier_against_catalogue_prices(config: QualityConfig) -> None:
+def test_price_outlier_against_the_products_own_history(config: QualityConfig) -> None:
     rows = clean_rows()
     rows["order_items"][5]["unit_price"] = Decimal("99999.00")
-    report = run(rows, config)
+    report = run(rows, config, reference=clean_reference())
 
-    r = report.result("order_items.unit_price_range")
+    r = report.result("order_items.unit_price_outlier")
     assert (r.success, r.severity, r.observed) == (False, "error", 1)
-    assert r.sample[0]["unit_price"] == "99999.00"
-    # 10 × p99.9 of the list prices 5.00..35.00 (linear interpolation between the top two)
-    assert r.description == "unit_price in [0, 349.70] = 10 × p99.9 of 7 list prices of the referenced products (34.97)"
-    assert failed_rules(report) == {"order_items.unit_price_range"}
+    assert r.sample[0]["unit_price"] == "99999.00" and r.sample[0]["reference"] == "history"
+    assert "checked against the product's history" in r.detail
+    assert failed_rules(report) == {"order_items.unit_price_outlier"}
+    # One bad line of 123: its order is quarantined, the rest of the day is published with a warning.
+    q = report.quarantine
+    assert q is not None and (q.decision, q.orders, q.lines) == ("rows", 1, 3)
+    assert (report.status, report.published_quality, report.day_quarantined) == ("error", "warning", False)
+    assert "1 order(s) with 3 line(s) quarantined" in report.summary_line()
 
 
-def test_price_bound_on_the_days_own_prices_is_configurable(tmp_path: Path) -> None:
+def test_a_huge_price_on_a_small_day_is_caught_without_history(config: QualityConfig) -> None:
+    """Issue 13: 1e9 passed because one expensive product inflated the catalogue percentile."""
+    rows = clean_rows(orders=3)
+    rows["products"][6]["price"] = Decimal("8200000.00")  # one genuinely expensive product in the catalogue
+    rows["order_items"][0]["unit_price"] = Decimal("999999999.00")  # product 1, list price 5.00
+    r = run(rows, config).result("order_items.unit_price_outlier")
+    assert (r.success, r.observed) == (False, 1) and r.sample[0]["reference"] == "list price"
+
+
+def test_a_product_that_always_sells_at_a_high_price_is_not_an_outlier(config: QualityConfig) -> None:
+    """Issue 13: a product really selling at 649.50 was quarantined against the day's list prices."""
+    rows = clean_rows()
+    reference = clean_reference()
+    history = reference.prices.lines
+    expensive = pa.table({"product_id": pa.array([7] * 30, pa.int64()),
+                          "unit_price": pa.array([649.50] * 30, pa.float64())})
+    reference = Reference(reference.history, PriceHistory(pa.concat_tables([history, expensive]),
+                                                          reference.prices.list_prices), reference.drift)
+    for line in rows["order_items"]:
+        if line["product_id"] == 7:
+            line["unit_price"] = Decimal("649.50")
+    rows["order_items"][1]["unit_price"] = Decimal("10.99") * 3  # a 3x surcharge stays within the floor
+    assert run(rows, config, reference=reference).result("order_items.unit_price_outlier").success is True
+
+
+def test_a_raised_list_price_cannot_launder_a_price_outlier(tmp_path: Path) -> None:
+    """Issue 13: raising two products' list prices to 1e9 made a quarantined 1e9 line valid."""
     path = tmp_path / "q.yaml"
-    path.write_text("rules:\n  order_items:\n    unit_price_range: {basis: day}\n")
+    path.write_text("max_bad_row_share: 0.9\n")  # the two products are in many orders: see the rows, not the day
+    config = QualityConfig.load(path)
+    rows = clean_rows()
+    rows["products"][0]["price"] = Decimal("999999999.00")
+    rows["products"][1]["price"] = Decimal("999999999.00")
+    target = next(line for line in rows["order_items"] if line["product_id"] == 1)
+    target["unit_price"] = Decimal("999999999.00")
+    for reference in (None, clean_reference()):  # a product without and with a price history
+        report = run(rows, config, reference=reference)
+        lp = report.result("products.list_price")
+        assert (lp.success, lp.severity, lp.observed) == (False, "error", 2)
+        assert report.quarantine is not None and report.quarantine.decision == "rows"
+        from ecom_ml.quality.validate import check_day
+
+        bad = check_day(to_tables(rows), day=DAY, interval_start=START, interval_end=END, history=[],
+                        config=config, reference=reference).bad
+        assert target["order_id"] in bad.order_ids and bad.product_ids == {1, 2}
+
+
+def test_a_list_price_jump_against_the_lake_is_an_error(config: QualityConfig) -> None:
+    rows = clean_rows()
+    rows["products"][2]["price"] = Decimal("15.00") * 50  # product 3: 15.00 in the lake, now 750.00
+    r = run(rows, config, reference=clean_reference()).result("products.list_price")
+    assert (r.success, r.observed) == (False, 1)
+    assert r.sample[0]["product_id"] == 3 and r.sample[0]["previous_price"] == 15.0
+
+
+def test_a_negative_price_is_an_error(config: QualityConfig) -> None:
     rows = clean_rows()
     rows["order_items"][5]["unit_price"] = Decimal("-1.00")
-    r = run(rows, QualityConfig.load(path)).result("order_items.unit_price_range")
-    assert r.success is False and "the day's unit prices" in r.description
+    r = run(rows, config).result("order_items.unit_price_non_negative")
+    assert (r.success, r.severity, r.observed) == (False, "error", 1)
 
 
 def test_unknown_status_is_an_error(config: QualityConfig) -> None:
@@ -237,18 +322,41 @@ def test_timestamps_outside_the_window_are_errors(
         assert failed_rules(report) == {rule}
 
 
-def test_a_change_older_than_the_lookback_is_a_warning(config: QualityConfig) -> None:
-    """A refund arriving later than the shop's usual horizon is real data: flagged, not quarantined."""
+def test_late_changes_are_judged_against_what_is_normal_for_the_shop(config: QualityConfig) -> None:
+    """Issue 13: returns weeks after the order are normal here; one old refund is not a warning."""
     rows = clean_rows()
-    created = START - timedelta(days=20)
+    created = START - timedelta(days=40)
     rows["orders"][7].update(created_at=created, updated_at=START + timedelta(hours=1), status="refunded")
-    report = run(rows, config)
+    history = [DayHistory(DAY - timedelta(days=d), 40, 120, 2 + d % 3) for d in range(1, 29)]
+    report = run(rows, config, history=history)
+    r = report.result("orders.late_changes")
+    assert (r.success, r.observed) == (True, 2)
+    assert "1 older than lookback_days=14" in r.detail
+    assert r.threshold == "≤ 12 (3 × p90 4.0 of 28 previous days, min 10)"
+    # Forty late changes on one day is unusual for a shop that sees 2-4.
+    for order in rows["orders"][:40]:
+        order.update(created_at=START - timedelta(days=20), updated_at=START + timedelta(hours=2), status="refunded")
+    r = run(rows, config, history=history).result("orders.late_changes")
+    assert (r.success, r.severity, r.observed) == (False, "warning", 41)
+    assert len(r.sample) == 20
 
-    r = report.result("orders.created_at_lookback")
-    assert (r.success, r.severity, r.observed) == (False, "warning", 1)
-    assert r.sample[0]["created_at"] == created.isoformat()
-    assert report.status == "warning"
-    assert failed_rules(report) == {"orders.created_at_lookback"}
+
+def test_late_changes_use_the_configured_share_without_history(config: QualityConfig) -> None:
+    rows = clean_rows()
+    for order in rows["orders"][:30]:  # 31 of 41 orders (76%) changed late: lenient without history
+        order.update(created_at=START - timedelta(days=3), updated_at=START + timedelta(hours=2), status="cancelled")
+    assert run(rows, config).result("orders.late_changes").success is True
+    for order in rows["orders"][:36]:  # 37 of 41 (90%)
+        order.update(created_at=START - timedelta(days=3), updated_at=START + timedelta(hours=2), status="cancelled")
+    r = run(rows, config).result("orders.late_changes")
+    assert (r.success, r.observed) == (False, 37) and "configured" in r.threshold
+
+
+def test_changes_older_than_the_lake_are_counted(config: QualityConfig) -> None:
+    rows = clean_rows()
+    rows["orders"][7].update(created_at=START - timedelta(days=90), updated_at=START + timedelta(hours=1))
+    r = run(rows, config, reference=clean_reference()).result("orders.late_changes")
+    assert "1 created before the lake's first day" in r.detail
 
 
 def test_orders_created_earlier_and_updated_today_are_valid(config: QualityConfig) -> None:
@@ -317,30 +425,73 @@ def test_missing_table_is_a_schema_error(config: QualityConfig) -> None:
     assert report.status == "error"
 
 
-def test_volume_far_outside_the_median_band_is_a_warning(config: QualityConfig) -> None:
-    report = run(clean_rows(), config, history=steady_history(14, orders=1000, lines=3000))
+def test_volume_far_outside_the_same_weekday_band_is_a_warning(config: QualityConfig) -> None:
+    report = run(clean_rows(), config, history=open_history(orders=1000, lines=3000))
 
     r = report.result("orders.volume_band")
-    assert (report.status, r.success, r.severity, r.observed) == ("warning", False, "warning", 41)
-    assert r.threshold == "[500, 2,000] orders (median 1,000 of 14 previous days)"
+    assert (report.status, r.success, r.severity, r.observed) == ("warning", False, "warning", 40)
+    assert r.threshold == "[500, 2,000] orders (median 1,000 of 8 previous open Mondays)"
     assert failed_rules(report) == {"orders.volume_band", "order_items.volume_band"}
-    assert "2 warning rule(s) failed: orders.volume_band (41 orders, allowed [500, 2,000]" in report.summary_line()
+    assert "2 warning rule(s) failed: orders.volume_band (40 orders, allowed [500, 2,000]" in report.summary_line()
 
 
-def test_volume_is_not_evaluated_during_warm_up(config: QualityConfig) -> None:
-    report = run(clean_rows(), config, history=steady_history(3, orders=1000, lines=3000))
-
-    r = report.result("orders.volume_band")
-    assert (report.status, r.success, r.outcome) == ("pass", None, "not evaluated")
-    assert r.threshold == "[0.5, 2] × median of the previous 14 days"
-    assert r.detail == "not evaluated: warm-up, 3 of 7 day(s) of history in the previous 14 days"
-
-
-def test_volume_history_ignores_the_day_itself_and_days_outside_the_window(config: QualityConfig) -> None:
-    history = [DayHistory(DAY, 1000, 3000), DayHistory(DAY + timedelta(days=1), 1000, 3000),
-               DayHistory(DAY - timedelta(days=15), 1000, 3000), *steady_history(7)]
+def test_volume_says_no_reference_instead_of_a_zero_band(config: QualityConfig) -> None:
+    """Issue 13: after a closure the band was [0, 0] and every normal day was flagged."""
+    history = [DayHistory(DAY - timedelta(days=d), 0 if d <= 14 else 40, 0 if d <= 14 else 120) for d in range(1, 57)]
+    history = [h for h in history if h.day > DAY - timedelta(days=22)]  # 2 closed Mondays, 1 open one
     r = run(clean_rows(), config, history=history).result("orders.volume_band")
-    assert r.success is True and "median 41 of 7 previous days" in r.threshold
+    assert (r.success, r.outcome, r.threshold) == (None, "not evaluated", "no reference")
+    assert r.detail == "not evaluated: no reference, 1 open Mondays in the previous 8 weeks (need 3)"
+
+
+def test_quiet_sundays_are_compared_with_sundays(config: QualityConfig) -> None:
+    sunday = date(2024, 1, 14)
+    history = [DayHistory(sunday - timedelta(days=d), 8 if (sunday - timedelta(days=d)).weekday() == 6 else 40,
+                          24 if (sunday - timedelta(days=d)).weekday() == 6 else 120) for d in range(1, 57)]
+    rows = clean_rows(orders=10)
+    start = datetime(2024, 1, 14, tzinfo=UTC)
+    for order in rows["orders"]:
+        order["created_at"] -= timedelta(days=1)
+        order["updated_at"] -= timedelta(days=1)
+    report = validate_day(to_tables(rows), day=sunday, interval_start=start, interval_end=start + timedelta(days=1),
+                          history=history, config=config)
+    r = report.result("orders.volume_band")
+    assert r.success is True and "median 8 of 8 previous open Sundays" in r.threshold
+
+
+def test_a_closed_weekday_learned_from_the_data_is_not_a_warning(config: QualityConfig) -> None:
+    saturday = date(2024, 1, 13)
+    history = [DayHistory(saturday - timedelta(days=d), 0 if (saturday - timedelta(days=d)).weekday() == 5 else 40,
+                          0 if (saturday - timedelta(days=d)).weekday() == 5 else 120) for d in range(1, 57)]
+    start = datetime(2024, 1, 13, tzinfo=UTC)
+    report = validate_day(_empty_tables(), day=saturday, interval_start=start, interval_end=start + timedelta(days=1),
+                          history=history, config=config)
+    assert report.status == "pass", report.summary_line()
+    assert report.result("orders.not_empty").detail == \
+        "0 orders: expected closed day (Saturdays closed in 8 of the last 8 weeks)"
+    # A normally open weekday with no orders is a warning.
+    friday = saturday - timedelta(days=1)
+    start = datetime(2024, 1, 12, tzinfo=UTC)
+    report = validate_day(_empty_tables(), day=friday, interval_start=start, interval_end=start + timedelta(days=1),
+                          history=[h for h in history if h.day < friday], config=config)
+    assert failed_rules(report) == {"orders.not_empty"} and report.status == "warning"
+
+
+def test_a_closure_run_warns_once(config: QualityConfig) -> None:
+    """The first empty open day of a holiday closure warns; the following days of the run do not."""
+    history = [DayHistory(DAY - timedelta(days=d), 40, 120) for d in range(3, 57)]
+    history.append(DayHistory(DAY - timedelta(days=2), 0, 0))  # the closure began on Saturday 13th
+    history.append(DayHistory(DAY - timedelta(days=1), 0, 0))
+    report = run(_empty_tables(), config, history=history)
+    assert report.status == "pass", report.summary_line()
+    assert "closure since 2024-01-13 continues" in report.result("orders.not_empty").detail
+
+
+def test_announced_closures_are_expected(tmp_path: Path) -> None:
+    path = tmp_path / "q.yaml"
+    path.write_text(f"closed_dates: ['{DAY.isoformat()}']\n")
+    report = run(_empty_tables(), QualityConfig.load(path), history=open_history())
+    assert report.status == "pass" and "listed in closed_dates" in report.result("orders.not_empty").detail
 
 
 def _empty_tables() -> dict[str, pa.Table]:
@@ -390,6 +541,20 @@ def test_cancellation_share_counts_orders_created_in_the_interval(config: Qualit
     assert failed_rules(report) == {"orders.cancellation_share"}
 
 
+def test_cancellation_share_learns_what_is_normal_for_the_shop(config: QualityConfig) -> None:
+    """A shop where a quarter of the new orders are cancelled every day: 30% is not unusual there."""
+    rows = clean_rows()
+    for order in rows["orders"][:12]:  # 12 of 40 = 30%
+        order["status"] = "cancelled"
+    assert run(rows, config).result("orders.cancellation_share").success is False  # configured 25%
+    history = [DayHistory(DAY - timedelta(days=d), 40, 120, 1, 9 + d % 3) for d in range(1, 29)]
+    r = run(rows, config, history=history).result("orders.cancellation_share")
+    assert r.success is True and r.threshold.startswith("≤ 41.25% (max of 25% and 1.5 × p90 27.5% of 28")
+    for order in rows["orders"][:24]:  # 60%: unusual even here
+        order["status"] = "refunded"
+    assert run(rows, config, history=history).result("orders.cancellation_share").success is False
+
+
 def test_naive_interval_is_rejected_with_one_line() -> None:
     from ecom_ml.quality import QualityInputError
 
@@ -432,7 +597,8 @@ def test_json_round_trip(config: QualityConfig) -> None:
     assert again.to_json() == text
     data = json.loads(text)
     assert data["status"] == "error" and data["summary"] == report.summary_line()
-    assert report.history_entry() == DayHistory(DAY, 41, 123)
+    # Created today: 39 orders (one was moved 30 days back) with 117 lines; 2 older orders changed.
+    assert report.history_entry() == DayHistory(DAY, 39, 117, 2)
 
 
 def test_unreadable_report_is_a_one_line_error() -> None:
@@ -480,15 +646,17 @@ def test_config_overrides_merge_over_the_packaged_defaults(tmp_path: Path) -> No
     assert cfg.lookback_days == 30 and cfg.source == str(path)
     assert cfg.rule("orders.volume_band").severity == "error"
     assert dict(cfg.rule("orders.volume_band").params) == {
-        "low": 0.8, "high": 2.0, "window_days": 14, "min_history_days": 7,
+        "low": 0.8, "high": 2.0, "weeks": 8, "min_reference_days": 3, "closed_share": 0.75,
     }
     assert cfg.rules.keys() == QualityConfig.load().rules.keys()
 
 
 def test_packaged_defaults_follow_the_severity_policy(config: QualityConfig) -> None:
     warnings = {name for name, rule in config.rules.items() if rule.severity == "warning"}
-    assert warnings == {"orders.not_empty", "orders.volume_band", "orders.cancellation_share", "orders.created_at_lookback",
-                        "order_items.duplicate_lines", "order_items.volume_band"}
+    drift = {name for name in config.rules if name.startswith("drift.")}
+    assert len(drift) == 7
+    assert warnings == {"orders.not_empty", "orders.volume_band", "orders.cancellation_share", "orders.late_changes",
+                        "order_items.duplicate_lines", "order_items.volume_band"} | drift
 
 
 # -- scale --------------------------------------------------------------------------------------

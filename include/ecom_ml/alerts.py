@@ -239,6 +239,32 @@ def deliver(alert: Alert, text: str, context: dict[str, Any]) -> list[str]:
     return delivered
 
 
+def on_rows_quarantined(reason: str, report: str | None) -> None:
+    """A day published without more of its rows than ``alert_bad_row_share``: one message, like a failure.
+
+    Called from inside the task (``ecom_ml.ingest.tasks.publish``); outside a task (a script running
+    the same functions) there is no run to link, so the alert is only logged.
+    """
+    try:
+        from airflow.sdk import get_current_context
+
+        context: dict[str, Any] = dict(get_current_context())
+    except Exception:  # noqa: BLE001 - no task context (a script): log only
+        log.error("ALERT %s (report: %s)", reason, report)
+        return
+    base = alert_from_context({**context, "exception": reason})
+    alert = Alert(base.dag_id, base.day, base.task_id, reason, base.run_url, report,
+                  headline="rows quarantined, rest published")
+    log.error("ALERT %s", alert.line())
+    try:
+        send, summary = admit(alert)
+    except Exception as exc:  # noqa: BLE001 - without the counter, alert rather than stay silent
+        log.warning("alert rate limit unavailable (%s); sending", exc)
+        send, summary = True, []
+    if send:
+        deliver(alert, alert.text(summary), context)
+
+
 def on_task_failure(context: dict[str, Any]) -> None:
     """The failure callback of every ecom-ml task."""
     alert = alert_from_context(context)

@@ -7,6 +7,14 @@
     report.status                         # "pass" | "warning" | "error"
     report.to_json(), report.to_markdown(), report.summary_line()
 
+    # In the pipeline: the validated history as the reference, and the rows to quarantine.
+    from ecom_ml.quality.history import load_reference
+    from ecom_ml.quality.validate import check_day
+    ref = load_reference(lake, day, cfg)
+    checked = check_day(tables, day=day, interval_start=start, interval_end=end, history=ref.history,
+                        config=cfg, reference=ref)
+    checked.report.quarantine, checked.bad    # what was taken out (rows) or why the day went whole
+
 Importing this package is cheap (stdlib and PyYAML): ``validate_day`` is loaded on first use, and
 Great Expectations (seconds to import) only when a day is actually validated, so DAG files can import
 it at parse time.
@@ -17,7 +25,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ecom_ml.quality.config import QualityConfig, QualityConfigError, RuleSettings, Severity
-from ecom_ml.quality.report import DayHistory, QualityReport, QualityReportError, RuleResult
+from ecom_ml.quality.report import DayHistory, Quarantine, QualityReport, QualityReportError, RuleResult
 
 if TYPE_CHECKING:
     from ecom_ml.quality.validate import QualityInputError, validate_day
@@ -29,13 +37,14 @@ __all__ = [
     "QualityInputError",
     "QualityReport",
     "QualityReportError",
+    "Quarantine",
     "RuleResult",
     "RuleSettings",
     "Severity",
     "validate_day",
 ]
 
-_LAZY = {"validate_day", "QualityInputError"}
+_LAZY = {"validate_day", "check_day", "QualityInputError"}
 
 
 def __getattr__(name: str) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import date
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -49,6 +50,19 @@ class RuleSettings:
 
 
 @dataclass(frozen=True)
+class DriftSettings:
+    """How the drift reference is chosen and binned (the per-input statistics are rules ``drift.*``)."""
+
+    window_days: int = 28
+    reference_days: int = 14
+    min_reference_days: int = 5
+    bins: int = 10
+    top_categories: int = 20
+    #: An input drifts only if its test's p-value is below this (a few dozen orders vary by chance).
+    significance: float = 0.001
+
+
+@dataclass(frozen=True)
 class QualityConfig:
     """Resolved configuration of one validation run."""
 
@@ -59,6 +73,13 @@ class QualityConfig:
     rules: Mapping[str, RuleSettings]
     #: Where the values came from, for messages.
     source: str = "packaged defaults"
+    #: Above this share of quarantined orders or lines the whole day is quarantined.
+    max_bad_row_share: float = 0.05
+    #: A published day with more than this share of its lines quarantined sends an alert.
+    alert_bad_row_share: float = 0.01
+    #: Known closure days: an empty day there is expected.
+    closed_dates: frozenset[date] = frozenset()
+    drift: DriftSettings = DriftSettings()
 
     @classmethod
     def load(cls, path: Path | str | None = None) -> QualityConfig:
@@ -143,8 +164,17 @@ _PARAM_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "low": (lambda v: v >= 0, "a number >= 0"),
     "high": (lambda v: v > 0, "a number > 0"),
     "window_days": (lambda v: v >= 1, "an integer >= 1"),
+    "weeks": (lambda v: v >= 1, "an integer >= 1"),
+    "min_reference_days": (lambda v: v >= 1, "an integer >= 1"),
+    "closed_share": (_between(0.0, 1.0, low_open=True), "a share in (0, 1]"),
+    "min_sales": (lambda v: v >= 1, "an integer >= 1"),
+    "max_deviation": (lambda v: v > 0, "a number > 0"),
+    "scale_floor": (lambda v: v > 0, "a number > 0"),
+    "max_change": (lambda v: v > 1, "a factor > 1"),
+    "min_count": (lambda v: v >= 0, "an integer >= 0"),
+    "threshold": (lambda v: v > 0, "a number > 0"),
+    "statistic": (lambda v: v in ("psi", "js"), "'psi' or 'js'"),
     "min_history_days": (lambda v: v >= 0, "an integer >= 0"),
-    "basis": (lambda v: v in ("products", "day"), "'products' or 'day'"),
     "allowed": (lambda v: bool(v) and all(isinstance(s, str) for s in v), "a non-empty list of strings"),
 }
 
@@ -166,6 +196,30 @@ def _build(raw: Any, where: str) -> QualityConfig:
     if not isinstance(sample_rows, int) or not 1 <= sample_rows <= 1000:
         raise _invalid(where, "sample_rows", "an integer in [1, 1000]", sample_rows)
     empty_day = _severity(raw["empty_day"], where, "empty_day")
+    shares = {}
+    for name in ("max_bad_row_share", "alert_bad_row_share"):
+        value = raw[name]
+        if not 0.0 <= value <= 1.0:
+            raise _invalid(where, name, "a share in [0, 1]", value)
+        shares[name] = float(value)
+    closed = set()
+    for i, value in enumerate(raw["closed_dates"]):
+        try:
+            closed.add(value if isinstance(value, date) else date.fromisoformat(str(value)))
+        except ValueError:
+            raise _invalid(where, f"closed_dates[{i}]", "a date YYYY-MM-DD", value) from None
+    drift_raw = raw["drift"]
+    for name, low in (("window_days", 1), ("reference_days", 1), ("min_reference_days", 1), ("bins", 2),
+                      ("top_categories", 1)):
+        if drift_raw[name] < low:
+            raise _invalid(where, f"drift.{name}", f"an integer >= {low}", drift_raw[name])
+    if drift_raw["min_reference_days"] > drift_raw["reference_days"]:
+        raise QualityConfigError(f"quality config {where}: drift: min_reference_days "
+                                 f"({drift_raw['min_reference_days']}) > reference_days "
+                                 f"({drift_raw['reference_days']}), so drift could never be evaluated")
+    if not 0.0 < drift_raw["significance"] <= 1.0:
+        raise _invalid(where, "drift.significance", "a p-value in (0, 1]", drift_raw["significance"])
+    drift = DriftSettings(**{k: (float(v) if k == "significance" else int(v)) for k, v in drift_raw.items()})
 
     rules: dict[str, RuleSettings] = {EMPTY_DAY_RULE: RuleSettings(empty_day, {})}
     for table, table_rules in raw["rules"].items():
@@ -190,5 +244,6 @@ def _build(raw: Any, where: str) -> QualityConfig:
                 )
             rules[f"{table}.{rule}"] = RuleSettings(severity, params)
     return QualityConfig(
-        lookback_days=lookback, empty_day=empty_day, sample_rows=sample_rows, rules=rules, source=where
+        lookback_days=lookback, empty_day=empty_day, sample_rows=sample_rows, rules=rules, source=where,
+        closed_dates=frozenset(closed), drift=drift, **shares,
     )

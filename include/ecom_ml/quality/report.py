@@ -29,11 +29,48 @@ class QualityReportError(EcomError):
 
 @dataclass(frozen=True)
 class DayHistory:
-    """Row counts of a previously validated day: the baseline of the volume rules."""
+    """What the volume and late-change rules know of a previously validated day.
+
+    ``orders`` and ``order_lines`` count what was *created* that day (a closed day has 0 even when
+    refunds of older orders arrived), ``late_changes`` the older orders changed that day.
+    """
 
     day: date
     orders: int
     order_lines: int
+    late_changes: int = 0
+    #: Of the orders created that day, those cancelled or refunded (as of the check).
+    cancelled: int = 0
+
+
+@dataclass(frozen=True)
+class Quarantine:
+    """What a day's check took out of it: offending rows (``decision`` "rows") or the whole day ("day")."""
+
+    decision: Literal["rows", "day"]
+    orders: int
+    lines: int
+    products: int
+    share: float
+    max_share: float
+    reason: str
+
+    def describe(self) -> str:
+        what = f"{self.orders:,} order(s) with {self.lines:,} line(s)"
+        if self.products:
+            what += f" and {self.products:,} product(s)"
+        if self.decision == "rows":
+            return f"{what} quarantined ({self.share:.2%} ≤ max_bad_row_share {self.max_share:.2%}), rest published"
+        return f"whole day quarantined: {self.reason}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"decision": self.decision, "orders": self.orders, "lines": self.lines, "products": self.products,
+                "share": self.share, "max_share": self.max_share, "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Quarantine:
+        return cls(data["decision"], int(data["orders"]), int(data["lines"]), int(data["products"]),
+                   float(data["share"]), float(data["max_share"]), str(data["reason"]))
 
 
 @dataclass(frozen=True)
@@ -55,6 +92,9 @@ class RuleResult:
     description: str
     sample: list[dict[str, Any]] = field(default_factory=list)
     detail: str = ""
+    #: Positions of *every* offending row in its table, for row-level quarantine. Not part of the
+    #: stored report (the quarantined rows themselves are stored), so it is empty after a round trip.
+    rows: tuple[int, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def outcome(self) -> Outcome:
@@ -107,11 +147,27 @@ class QualityReport:
     results: list[RuleResult]
     row_counts: dict[str, int]
     dataset: str = DATASET
+    #: What the check took out of the day; None when nothing (no error rule failed).
+    quarantine: Quarantine | None = None
+    #: Day metrics later days compare with (created orders and lines, late changes).
+    metrics: dict[str, int] = field(default_factory=dict)
 
     @property
     def status(self) -> Status:
+        """The worst severity among failed rules (an error rule that only quarantined rows is still an error)."""
         failed = {r.severity for r in self.results if r.failed}
         return "error" if "error" in failed else "warning" if "warning" in failed else "pass"
+
+    @property
+    def published_quality(self) -> Status:
+        """The quality of what is published: a day whose bad rows were taken out is published as a warning."""
+        if self.status == "error" and self.quarantine is not None and self.quarantine.decision == "rows":
+            return "warning"
+        return self.status
+
+    @property
+    def day_quarantined(self) -> bool:
+        return self.status == "error" and not (self.quarantine is not None and self.quarantine.decision == "rows")
 
     def failures(self, severity: Severity | None = None) -> list[RuleResult]:
         return [r for r in self.results if r.failed and (severity is None or r.severity == severity)]
@@ -124,8 +180,11 @@ class QualityReport:
         raise KeyError(rule)
 
     def history_entry(self) -> DayHistory:
-        """This day's row counts as the volume baseline of later days."""
-        return DayHistory(self.day, self.row_counts.get("orders", 0), self.row_counts.get("order_items", 0))
+        """This day as the baseline of later days' volume and late-change rules."""
+        m = self.metrics
+        return DayHistory(self.day, m.get("created_orders", self.row_counts.get("orders", 0)),
+                          m.get("created_lines", self.row_counts.get("order_items", 0)), m.get("late_changes", 0),
+                          m.get("cancelled", 0))
 
     def summary_line(self) -> str:
         """One line for logs, task failure reasons and alert titles: what failed, observed vs allowed."""
@@ -136,6 +195,8 @@ class QualityReport:
             parts.append(f"{len(errors)} error rule(s) failed: " + "; ".join(r.brief() for r in errors))
         if warnings:
             parts.append(f"{len(warnings)} warning rule(s) failed: " + "; ".join(r.brief() for r in warnings))
+        if self.quarantine is not None and self.quarantine.decision == "rows":
+            parts.append(self.quarantine.describe())
         if parts:
             return f"{head}: " + " | ".join(parts)
         skipped = sum(r.success is None for r in self.results)
@@ -155,6 +216,8 @@ class QualityReport:
             "status": self.status,
             "summary": self.summary_line(),
             "row_counts": dict(self.row_counts),
+            "metrics": dict(self.metrics),
+            "quarantine": self.quarantine.to_dict() if self.quarantine is not None else None,
             "results": [r.to_dict() for r in self.results],
         }
 
@@ -172,6 +235,8 @@ class QualityReport:
             results=[RuleResult.from_dict(r) for r in data["results"]],
             row_counts={str(k): int(v) for k, v in data["row_counts"].items()},
             dataset=data.get("dataset", DATASET),
+            quarantine=Quarantine.from_dict(data["quarantine"]) if data.get("quarantine") else None,
+            metrics={str(k): int(v) for k, v in (data.get("metrics") or {}).items()},
         )
 
     @classmethod
@@ -207,6 +272,20 @@ class QualityReport:
             observed = r.detail or ("" if r.observed is None else str(r.observed))
             cells = [f"`{r.rule}`", r.severity, result, observed, r.threshold, r.description]
             lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+        if self.quarantine is not None:
+            q = self.quarantine
+            lines += ["", "## Quarantine", "", q.describe() + ".",
+                      "" if q.decision == "day" else
+                      "The offending orders (every line of them) are in `lake/quarantine/orders/` for this day; "
+                      "training never reads them."]
+        drift = [r for r in self.results if r.table == "drift"]
+        if drift:
+            lines += ["", "## Drift against the trailing reference", "",
+                      "| Input | Result | Statistic | Value | Threshold | Detail |", "| --- | --- | --- | --- | --- | --- |"]
+            for r in drift:
+                cells = [r.rule.split(".", 1)[1], "**FAIL**" if r.failed else r.outcome,
+                         r.description.split(":", 1)[0], "" if r.observed is None else r.observed, r.threshold, r.detail]
+                lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
         failed = self.failures()
         if failed:
             lines += ["", "## Failed rules"]

@@ -3,18 +3,14 @@
 GX validates one batch (one table) at a time and sees pandas dtypes, so three kinds of rule live here,
 vectorised on Arrow: the schema against the lake's Arrow contract (``decimal128(12, 2)`` and
 ``timestamp[us, UTC]`` are invisible once converted to pandas), referential integrity between the
-day's tables, and the thresholds that need more than the batch (the volume band from previous days'
-row counts, the price bound from the catalogue). Those thresholds are then checked by GX
-expectations (see ``suites``); only the computation of the bound is here.
+day's tables. Rules that compare with the lake's history live in ``calendar`` (volume, empty day,
+late changes), ``prices`` (unit and list prices) and ``drift``.
 """
 
 from __future__ import annotations
 
-import math
-import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
 from typing import Any
 
 import pyarrow as pa
@@ -23,7 +19,7 @@ import pyarrow.compute as pc
 from ecom_ml.ingest.schema import COLUMNS, arrow_schema
 from ecom_ml.quality.config import QualityConfig, table_of
 from ecom_ml.quality.frames import first_true, sample_rows
-from ecom_ml.quality.report import DayHistory, RuleResult
+from ecom_ml.quality.report import RuleResult
 
 #: The partition's tables, in report order.
 TABLES: tuple[str, ...] = tuple(COLUMNS)
@@ -192,74 +188,4 @@ def check_reference(
         ref.rule, config, ref.description,
         violation=f"{ref.column} not in {ref.parent}", unexpected=count, total=child.num_rows,
         sample=sample_rows(child, positions, config.sample_rows),
-    )
-
-
-# -- thresholds computed from more than one batch ---------------------------------------------
-
-
-@dataclass(frozen=True)
-class PriceBound:
-    """Upper bound of a plausible unit price, and how it was derived (for the report)."""
-
-    value: float
-    explanation: str
-
-
-def price_bound(
-    tables: Mapping[str, pa.Table], usable: Mapping[str, frozenset[str]], config: QualityConfig
-) -> PriceBound | str:
-    """``multiplier × quantile`` of the basis prices, or the reason it cannot be computed."""
-    settings = config.rule("order_items.unit_price_range")
-    table, column, what = (
-        ("products", "price", "list prices of the referenced products")
-        if settings["basis"] == "products"
-        else ("order_items", "unit_price", "the day's unit prices")
-    )
-    if column not in usable.get(table, frozenset()):
-        return f"{table}.{column} missing or mistyped (see {table}.schema)"
-    prices = pc.cast(tables[table].column(column), pa.float64())
-    count = len(prices) - prices.null_count
-    if count == 0:
-        return f"no {what} to derive the bound from"
-    quantile = pc.quantile(prices, q=settings["quantile"], interpolation="linear")[0].as_py()
-    bound = quantile * settings["multiplier"]
-    label = f"p{settings['quantile'] * 100:g}"
-    return PriceBound(bound, f"{settings['multiplier']:g} × {label} of {count:,} {what} ({quantile:,.2f})")
-
-
-@dataclass(frozen=True)
-class VolumeBand:
-    """Allowed row count of a day, from the median of the previous days."""
-
-    low: int
-    high: int
-    median: float
-    days: int
-
-    def describe(self, unit: str) -> str:
-        return f"[{self.low:,}, {self.high:,}] {unit} (median {self.median:,.0f} of {self.days} previous days)"
-
-
-def volume_band(
-    history: Iterable[DayHistory], day: date, metric: str, rule: str, config: QualityConfig
-) -> VolumeBand | str:
-    """Band around the median of ``metric`` over the trailing window, or why it is not evaluated.
-
-    Only days strictly before ``day`` count, so re-running a day never compares it with itself, and
-    a day listed twice counts once (the later entry wins).
-    """
-    settings = config.rule(rule)
-    window = settings["window_days"]
-    first = day - timedelta(days=window)
-    by_day = {h.day: getattr(h, metric) for h in history if first <= h.day < day}
-    needed = max(settings["min_history_days"], 1)
-    if len(by_day) < needed:
-        return f"warm-up, {len(by_day)} of {needed} day(s) of history in the previous {window} days"
-    median = statistics.median(by_day.values())
-    return VolumeBand(
-        low=math.ceil(settings["low"] * median - 1e-9),
-        high=math.floor(settings["high"] * median + 1e-9),
-        median=float(median),
-        days=len(by_day),
     )

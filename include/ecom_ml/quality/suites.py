@@ -2,8 +2,9 @@
 
 Every rule GX has an expectation for is a GX expectation here, carrying the rule name in ``meta`` and
 its severity in GX's own ``severity`` field (error -> critical), so a suite exported from this code
-says the same as the report. Thresholds that depend on the run (interval, lookback, price bound,
-volume band) are plain values computed before the suites are built.
+says the same as the report. Thresholds that depend on the run (the interval, the learned
+cancellation share) are plain values computed before the suites are built. Results come back in
+GX's COMPLETE format: the position of every offending row, which row-level quarantine takes out.
 
 GX is imported inside the functions only: importing it costs seconds and the DAG imports this package
 at parse time.
@@ -14,14 +15,14 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ecom_ml.quality.config import QualityConfig, table_of
 from ecom_ml.quality.frames import sample_rows
 from ecom_ml.quality.report import DATASET, RuleResult
-from ecom_ml.quality.rules import PriceBound, VolumeBand, not_evaluated, rows_result
+from ecom_ml.quality.rules import not_evaluated, rows_result
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -38,9 +39,8 @@ class SuiteInputs:
 
     interval_start: datetime
     interval_end: datetime
-    lookback: timedelta
-    price_bound: PriceBound | str  # a bound, or why there is none
-    volume: Mapping[str, VolumeBand | str]  # per table: a band, or why it is not evaluated
+    #: The allowed cancelled share (configured or learned) and how it was derived.
+    cancellation_share: tuple[float, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -95,16 +95,6 @@ class _Builder:
         self.add(f"{column}_unique", self.gxe.ExpectColumnValuesToBeUnique, f"{column} is unique",
                  f"a repeated {column}", columns=(column,), column=column)
 
-    def volume(self, band: VolumeBand | str, unit: str) -> None:
-        description = f"{unit} in the partition within the band around the trailing median"
-        if isinstance(band, str):
-            s = self.config.rule(f"{self.table}.volume_band")
-            self.skip("volume_band", description, band,
-                      threshold=f"[{s['low']:g}, {s['high']:g}] × median of the previous {s['window_days']} days")
-            return
-        self.add("volume_band", self.gxe.ExpectTableRowCountToBeBetween, description, unit,
-                 threshold=band.describe(unit), min_value=band.low, max_value=band.high)
-
 
 def orders_checks(inputs: SuiteInputs, config: QualityConfig) -> list[Check]:
     from great_expectations.expectations.row_conditions import Column
@@ -112,10 +102,8 @@ def orders_checks(inputs: SuiteInputs, config: QualityConfig) -> list[Check]:
     start, end = inputs.interval_start, inputs.interval_end
     b = _Builder("orders", config)
     # Counted on orders *created* in the interval: the partition also carries earlier orders updated
-    # today (status changes, cancellations), which do not make a day without sales non-empty.
+    # today (status changes, cancellations).
     created_today = (Column("created_at") >= start) & (Column("created_at") < end)
-    b.add("not_empty", b.gxe.ExpectTableRowCountToBeBetween, "the day has at least one order created in it",
-          "orders", threshold="≥ 1", min_value=1, row_condition=created_today)
     b.not_null("order_id")
     b.unique("order_id")
     null_share = config.rule("orders.customer_id_not_null")["max_null_share"]
@@ -133,18 +121,13 @@ def orders_checks(inputs: SuiteInputs, config: QualityConfig) -> list[Check]:
           "both timestamps outside the interval", columns=("created_at", "updated_at"),
           column="updated_at", min_value=start, max_value=end, strict_max=True,
           row_condition=(Column("created_at") < start) | (Column("created_at") >= end))
-    b.add("created_at_lookback", b.gxe.ExpectColumnValuesToBeBetween,
-          f"created_at in [interval_start - {inputs.lookback.days} days, interval_end)",
-          "created_at outside the lookback window", columns=("created_at",),
-          column="created_at", min_value=start - inputs.lookback, max_value=end, strict_max=True)
     b.add("updated_after_created", b.gxe.ExpectColumnPairValuesAToBeGreaterThanB, "updated_at ≥ created_at",
           "updated_at before created_at", columns=("updated_at", "created_at"),
           column_A="updated_at", column_B="created_at", or_equal=True)
-    b.volume(inputs.volume["orders"], "orders")
-    max_share = config.rule("orders.cancellation_share")["max_share"]
+    max_share, threshold = inputs.cancellation_share or (config.rule("orders.cancellation_share")["max_share"], None)
     b.add("cancellation_share", b.gxe.ExpectColumnValuesToNotBeInSet,
           "share of cancelled or refunded orders among those created in the interval",
-          "status cancelled/refunded", columns=("status", "created_at"), max_share=max_share,
+          "status cancelled/refunded", columns=("status", "created_at"), max_share=max_share, threshold=threshold,
           column="status", value_set=["cancelled", "refunded"],
           row_condition=created_today)
     return b.checks
@@ -161,20 +144,13 @@ def order_items_checks(inputs: SuiteInputs, config: QualityConfig) -> list[Check
           "a repeated (order_id, line_no)", columns=("order_id", "line_no"), column_list=["order_id", "line_no"])
     b.add("quantity_positive", b.gxe.ExpectColumnValuesToBeBetween, "quantity > 0", "quantity ≤ 0",
           columns=("quantity",), column="quantity", min_value=1)
-    price = inputs.price_bound
-    if isinstance(price, PriceBound):
-        b.add("unit_price_range", b.gxe.ExpectColumnValuesToBeBetween,
-              f"unit_price in [0, {price.value:,.2f}] = {price.explanation}",
-              f"unit_price outside [0, {price.value:,.2f}]", columns=("unit_price",),
-              column="unit_price", min_value=0, max_value=price.value)
-    else:
-        b.skip("unit_price_range", "unit_price within [0, quantile × multiplier]", price)
+    b.add("unit_price_non_negative", b.gxe.ExpectColumnValuesToBeBetween, "unit_price ≥ 0", "unit_price < 0",
+          columns=("unit_price",), column="unit_price", min_value=0)
     max_share = config.rule("order_items.duplicate_lines")["max_share"]
     key = ["order_id", "product_id", "quantity", "unit_price"]
     b.add("duplicate_lines", b.gxe.ExpectCompoundColumnsToBeUnique,
           "share of lines repeating (order_id, product_id, quantity, unit_price) within their order",
           "a repeated line", columns=tuple(key), max_share=max_share, column_list=key)
-    b.volume(inputs.volume["order_items"], "order lines")
     return b.checks
 
 
@@ -214,7 +190,8 @@ def run_checks(
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     source = context.data_sources.add_pandas(name=DATASET)
-    result_format = {"result_format": "SUMMARY", "partial_unexpected_count": config.sample_rows}
+    # COMPLETE: the index of *every* offending row, which row-level quarantine takes out of the day.
+    result_format = {"result_format": "COMPLETE", "partial_unexpected_count": config.sample_rows}
 
     results: list[RuleResult] = []
     for table, table_checks in checks.items():
@@ -266,16 +243,17 @@ def _to_result(check: Check, validation: Any, table: pa.Table, config: QualityCo
         return RuleResult(rule=check.rule, table=table_of(check.rule), severity=config.severity(check.rule),
                           success=bool(validation.success), observed=observed, threshold=check.threshold or "",
                           description=check.description, detail=f"{observed:,} {check.violation}")
-    return rows_result(
+    # The frames keep Arrow's RangeIndex, so GX's index labels are row positions.
+    every = [int(i) for i in (result.get("unexpected_index_list") or [])]
+    return replace(rows_result(
         check.rule, config, check.description,
         violation=check.violation,
         unexpected=int(result.get("unexpected_count") or 0),
         total=int(result.get("element_count") or 0),
-        # The frames keep Arrow's RangeIndex, so GX's index labels are row positions.
-        sample=sample_rows(table, result.get("partial_unexpected_index_list") or [], config.sample_rows),
+        sample=sample_rows(table, every[: config.sample_rows], config.sample_rows),
         max_share=check.max_share,
         success=bool(validation.success),
-    )
+    ), rows=tuple(every), **({"threshold": check.threshold} if check.threshold and check.max_share else {}))
 
 
 def _exception_message(info: Any) -> str | None:

@@ -197,9 +197,12 @@ class QualityDay:
     row_counts: dict[str, int]
     #: The lake zone the report was read from.
     report_zone: str
-    #: "validated", "quarantined", "validated, quarantined" (a re-run failed a published day), or
-    #: "not published".
+    #: "validated", "quarantined", "validated, rows quarantined" (bad rows taken out, the rest
+    #: published), or "not published".
     published: str
+    #: The day's drift against its trailing reference, one cell: drifted inputs with value and threshold,
+    #: else the largest statistic; "" when not evaluated.
+    drift: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -499,9 +502,24 @@ def _report_days(lake: Lake, dataset: str) -> dict[date, list[str]]:
 
 
 def _published(lake: Lake, dataset: str, day: date) -> str:
-    zones = [name for zone, name in ((VALIDATED, "validated"), (QUARANTINE, "quarantined"))
-             if lake.manifest(zone, dataset, day) is not None]
+    zones = []
+    for zone, name in ((VALIDATED, "validated"), (QUARANTINE, "quarantined")):
+        manifest = lake.manifest(zone, dataset, day)
+        if manifest is not None:
+            zones.append("rows quarantined" if zone == QUARANTINE and manifest.extra.get("scope") == "rows" else name)
     return ", ".join(zones) or "not published"
+
+
+def _drift_cell(report: Any) -> str:
+    """Drifted inputs (value > threshold), else the largest evaluated statistic (see ecom_ml.quality.drift)."""
+    drift = [r for r in report.results if r.table == "drift" and r.success is not None]
+    if not drift:
+        return ""
+    failed = [r for r in drift if r.failed]
+    if failed:
+        return "; ".join(f"{r.rule.split('.', 1)[1]} {r.observed} (allowed {r.threshold})" for r in failed)
+    top = max(drift, key=lambda r: float(r.observed or 0))
+    return f"none (largest: {top.rule.split('.', 1)[1]} {top.observed})"
 
 
 def quality_days(lake: Lake, *, days: int = DEFAULT_QUALITY_DAYS, dataset: str = DATASET) -> list[QualityDay]:
@@ -522,7 +540,7 @@ def quality_days(lake: Lake, *, days: int = DEFAULT_QUALITY_DAYS, dataset: str =
         out.append(QualityDay(
             day=day.isoformat(), status=report.status, summary=report.summary_line(),
             failed_rules=[r.rule for r in report.failures()], row_counts=dict(report.row_counts),
-            report_zone=zone, published=published,
+            report_zone=zone, published=published, drift=_drift_cell(report),
         ))
     return out
 

@@ -255,11 +255,11 @@ def _quality_section(section: QualitySection, links: Links) -> str:
         rows.append(
             f'<tr data-testid="dq-row" data-day="{e(d.day)}" data-status="{e(d.status)}"><td class="day">{e(d.day)}</td>'
             f"<td>{_badge(d.status, testid='dq-status')}</td><td>{e(d.published)}</td><td>{e(d.summary)}</td>"
-            f'<td class="small">{e(counts)}</td>'
+            f'<td class="small">{e(counts)}</td><td class="small" data-testid="dq-drift">{e(d.drift)}</td>'
             f'<td><a data-testid="dq-report-link" href="{e(links.quality(d.day))}">report</a></td></tr>'
         )
     return (head + where + '<table data-testid="dq-table"><thead><tr><th>day</th><th>status</th><th>published</th>'
-            "<th>summary</th><th>rows</th><th></th></tr></thead><tbody>" + "".join(rows) + "</tbody></table></section>")
+            "<th>summary</th><th>rows</th><th>drift</th><th></th></tr></thead><tbody>" + "".join(rows) + "</tbody></table></section>")
 
 
 # ---- the chart ------------------------------------------------------------------------------------
