@@ -7,8 +7,10 @@
   cancellations and refunds arrive with the day they happened), their lines, customers and products
   from the `orders_db` Connection into `lake/raw/orders/dt=YYYY-MM-DD/` (Parquet, atomic).
 * **check_quality** runs the Great Expectations suites; the report (JSON + Markdown) is written
-  next to the partition. An `error` rule quarantines the day into `lake/quarantine/orders/` and fails
-  the run; `warning`s are recorded and the day is published.
+  next to the partition. Orders that break a row rule (with all their lines) go to
+  `lake/quarantine/orders/` and the rest of the day is published with a warning, as long as they
+  stay under `max_bad_row_share`; above it, or on a structural failure (schema, keys, references, an
+  unexpected empty day), the whole day is quarantined and the run fails. `warning`s are recorded.
 * **publish** copies the partition into `lake/validated/orders/` and emits the
   `orders_validated` Asset the training DAGs are scheduled on.
 

@@ -105,6 +105,12 @@ def test_first_model_is_promoted_then_a_worse_candidate_is_blocked(pipeline, mon
     assert states["gate"] == "failed" and states["promote"] == "upstream_failed", states
     assert registry.champion("recommender", download=False).version == champion.version, "the champion must stay"
     out2 = Path(_xcom(second, "features")["out_uri"].removeprefix("file://"))
+    # The evaluation records the drift of this run's window against the champion's training window,
+    # and the gate report shows it (the first run had no champion to compare with).
+    assert "skipped" in evaluation["drift"]
+    drift = _xcom(second, "evaluate")["drift"]
+    assert drift["champion_window_end"] == LAST.isoformat() and "unit_price" in drift["inputs"], drift
+    assert "## Drift of the training window against the champion's" in (out2 / "gate_report.md").read_text()
     blocked = json.loads((out2 / "gate_report.json").read_text())
     assert blocked["passed"] is False
     failed = {c["name"] for c in blocked["checks"] if not c["passed"]}

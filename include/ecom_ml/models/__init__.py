@@ -210,6 +210,19 @@ def training_cutoff(model_dir: str | Path) -> Any:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
+def training_day(model_dir: str | Path) -> Any:
+    """The features day a model folder records (``model.json`` ``features.day``), or None."""
+    import json
+    from datetime import date
+
+    folder = fetch_dir(str(model_dir))
+    try:
+        meta = json.loads((folder / "model.json").read_text())
+        return date.fromisoformat(str(meta["features"]["day"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def dir_size(path: Path) -> int:
     """Total bytes of the files under ``path``."""
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

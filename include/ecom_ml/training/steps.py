@@ -113,6 +113,10 @@ class ModelSteps(Protocol):
         """Where the evaluation holdout of ``day``'s stored features begins (from their manifest)."""
         ...
 
+    def window_days(self, lake: Lake, day: date) -> int:
+        """How many days of validated orders ``day``'s stored features cover (from their manifest)."""
+        ...
+
     def evaluate(self, lake: Lake, day: date, candidate_dir: str, champion_dir: str | None) -> dict[str, Any]: ...
 
 
@@ -146,6 +150,9 @@ class RecommenderSteps:
 
     def holdout_start(self, lake: Lake, day: date) -> datetime:
         return self._params(lake, day).holdout_start
+
+    def window_days(self, lake: Lake, day: date) -> int:
+        return self._params(lake, day).window_days
 
     def evaluate(self, lake: Lake, day: date, candidate_dir: str, champion_dir: str | None) -> dict[str, Any]:
         """Candidate, champion and baselines on one time-based holdout, plus serving cost; the split
@@ -255,6 +262,33 @@ def champion_overlap(champion_dir: Any, holdout_start: datetime) -> str | None:
     return None
 
 
+def training_window_drift(lake: Lake, steps: ModelSteps, day: date, champion_dir: Any) -> dict[str, Any]:
+    """Drift of the inputs over this run's feature window against the champion's training window.
+
+    The same statistics and thresholds as the daily drift check (``ecom_ml.quality.drift``), over
+    whole windows of validated orders: the gate report shows whether the candidate learned from a
+    shop that looks like the one the champion learned from. ``{"skipped": reason}`` without a
+    champion (nothing to compare with) or when its training day is not recorded.
+    """
+    from ecom_ml.ingest.current import current_orders, window
+    from ecom_ml.models import training_day
+    from ecom_ml.quality.drift import window_drift
+
+    if champion_dir is None:
+        return {"skipped": "no champion yet: nothing to compare the training window with"}
+    champion_day = training_day(champion_dir)
+    if champion_day is None:
+        return {"skipped": "the champion's model.json records no features day"}
+    days = steps.window_days(lake, day)
+    reference = current_orders(lake, *window(champion_day, days))
+    if reference["orders"].num_rows == 0:
+        return {"skipped": f"no validated orders in the champion's window ending {champion_day} under {lake.root}"}
+    current = current_orders(lake, *window(day, days))
+    drift = window_drift(reference, current)
+    return {"champion_window_end": champion_day.isoformat(), "window_end": day.isoformat(),
+            "window_days": days, **drift}
+
+
 def evaluate(model: str, lake_root: str, day: date, trained: dict[str, Any]) -> dict[str, Any]:
     """Score the candidate, the champion (when comparable) and the baselines on the holdout the
     features of ``day`` under ``lake_root`` were built with (no setting is read again here)."""
@@ -277,6 +311,7 @@ def evaluate(model: str, lake_root: str, day: date, trained: dict[str, Any]) -> 
         log.warning("%s %s: champion v%s is not today's regression reference: %s", model, day,
                     champion.version, unusable)
     evaluation["candidate_cutoff"] = (trained.get("features") or {}).get("cutoff")
+    evaluation["drift"] = training_window_drift(lake, steps, day, champion.path if champion is not None else None)
     write_text(f"{trained['out_uri'].rstrip('/')}/evaluation.json", json.dumps(evaluation, indent=2, sort_keys=True))
     return evaluation
 
@@ -293,7 +328,7 @@ def gate_and_register(model: str, day: date, run_id: str, trained: dict[str, Any
                            champion_unusable=(evaluation.get("champion_unusable") or {}).get("reason"))
     out = trained["out_uri"].rstrip("/")
     write_text(f"{out}/gate_report.json", report.to_json())
-    write_text(f"{out}/gate_report.md", report.to_markdown())
+    write_text(f"{out}/gate_report.md", report.to_markdown() + _drift_section(evaluation.get("drift")))
     # Keyed by the Airflow run: a retry after MLflow failed half-way reuses the version (or the run)
     # registered by the failed attempt and completes its gate record, instead of leaving an orphan.
     candidate = registry.log_candidate(
@@ -311,6 +346,17 @@ def gate_and_register(model: str, day: date, run_id: str, trained: dict[str, Any
         raise GateFailed(f"{model} {day}: gate failed for version {candidate.version}: {report.summary_line()} "
                          f"(report: {out}/gate_report.md)")
     return result
+
+
+def _drift_section(drift: dict[str, Any] | None) -> str:
+    """The gate report's drift section (the training window against the champion's)."""
+    if not drift:
+        return ""
+    if "skipped" in drift:
+        return f"\n## Drift of the training window against the champion's\n\nNot computed: {drift['skipped']}.\n"
+    from ecom_ml.quality.drift import render_markdown
+
+    return "\n" + render_markdown(drift)
 
 
 def promote(model: str, gated: dict[str, Any], run_id: str) -> dict[str, Any]:
