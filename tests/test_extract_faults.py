@@ -101,6 +101,8 @@ def _assert_one_line_naming(exc: BaseException | None, url: str) -> str:
 
 def test_a_backend_terminated_mid_copy_is_one_line_and_the_retry_gives_the_same_files(orders_db, tmp_path):
     _fill(orders_db)
+    for name in ("clean", "faulted"):
+        Lake((tmp_path / name).as_uri()).init()
     extract_to_raw(IngestConfig((tmp_path / "clean").as_uri(), orders_db), START, END)
 
     def terminate(pid: int) -> None:
@@ -130,6 +132,8 @@ def test_a_server_stopped_mid_copy_is_one_line_and_the_retry_gives_the_same_file
     url = own_server.orders_db_url
     migrate(url)
     _fill(url)
+    for name in ("clean", "faulted"):
+        Lake((tmp_path / name).as_uri()).init()
     extract_to_raw(IngestConfig((tmp_path / "clean").as_uri(), url), START, END)
 
     def crash(_pid: int) -> None:

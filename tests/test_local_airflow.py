@@ -62,8 +62,11 @@ def test_ui_starts_with_the_dags_and_stops_without_orphans(tmp_path):
     finally:
         stopped = run("ui", "stop")
         run("mlflow", "stop")
-        run("db", "stop")
+        db_stopped = run("db", "stop")
     assert stopped.returncode == 0 and "stopped api-server" in stopped.stdout
     assert run("ui", "status").returncode == 3
+    assert db_stopped.returncode == 0, db_stopped.stdout + db_stopped.stderr
+    # A stopping server may take a moment to exit on a loaded machine; an orphan never does.
+    psutil.wait_procs(list(_ours(home)), timeout=20)
     leftovers = [p for p in _ours(home) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert leftovers == [], [" ".join(p.cmdline()) for p in leftovers]

@@ -26,6 +26,7 @@ def ingest(orders_db, tmp_path, monkeypatch):
 
     monkeypatch.setenv("AIRFLOW_CONN_ORDERS_DB", orders_db)
     monkeypatch.setenv("ECOM_LAKE_ROOT", (tmp_path / "lake").as_uri())
+    Lake((tmp_path / "lake").as_uri()).init()
     monkeypatch.setenv("ECOM_TASK_RETRIES", "0")
     bag = DagBag(dag_folder=str(Path(__file__).resolve().parents[1] / "dags"))
     return bag.get_dag("orders_ingest"), Lake((tmp_path / "lake").as_uri()), orders_db

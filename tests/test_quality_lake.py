@@ -65,6 +65,7 @@ def _files(lake: Lake, zone: str, day: date) -> dict[str, bytes]:
 @pytest.fixture
 def lake_cfg(orders_db: str, tmp_path: Path) -> tuple[IngestConfig, Lake, str]:
     root = (tmp_path / "lake").as_uri()
+    Lake(root).init()
     return IngestConfig(lake_root=root, orders_url=orders_db), Lake(root), orders_db
 
 

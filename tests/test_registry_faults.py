@@ -37,7 +37,12 @@ MODEL = "recommender"  # the gate config is per model name
 DAY = date(2024, 1, 15)
 GOOD = {"recall@10": 0.29, "ndcg@10": 0.30, "slices": {"new": {"recall@10": 0.05}, "returning": {"recall@10": 0.33}},
         "cost": {"model_bytes": 123456, "p50_ms": 2.0, "p99_ms": 9.5}}
-BASELINES = {"repeat_purchase": {**GOOD, "ndcg@10": 0.28}}
+def _with_units(result: dict) -> dict:
+    """The evaluator's per-customer values (no spread) that the gate's bootstrap interval needs."""
+    return {**result, "per_unit": {"unit": "customer", "digest": "d", "values": {"ndcg@10": [result["ndcg@10"]] * 100}}}
+
+
+BASELINES = {"repeat_purchase": _with_units({**GOOD, "ndcg@10": 0.28})}
 MLFLOW_CLI = [sys.executable, "-m", "ecom_ml.mlflow_server"]
 
 
@@ -94,7 +99,7 @@ def _night(tmp_path: Path, run_id: str, ndcg: float = 0.30) -> tuple[dict, dict]
     (model_dir / "recommender.keras").write_bytes(b"PK\x03\x04 not really keras " + run_id.encode())
     (model_dir / "vocab.json").write_text(json.dumps({"run": run_id}))
     trained = {"out_uri": str(out), "model_uri": str(model_dir), "params": {"epochs": 3}}
-    return trained, {"candidate": {**GOOD, "ndcg@10": ndcg}, "champion": None, "baselines": BASELINES}
+    return trained, {"candidate": _with_units({**GOOD, "ndcg@10": ndcg}), "champion": None, "baselines": BASELINES}
 
 
 def _train_night(tmp_path: Path, run_id: str) -> dict:

@@ -86,7 +86,15 @@ def test_a_failed_run_logs_no_secret_anywhere(pg_server, orders_db, scratch_dbs,
     home = tmp_path / "airflow"
     logs = tmp_path / "logs"
     meta = pg_server.local_url(scratch_dbs("airflow")["airflow"], "postgresql+psycopg2")
+    # Any bad row quarantines the whole day (by default a few bad orders are only taken out of it),
+    # so that the run fails and every alert path is exercised.
+    from ecom_ml.lake import Lake
+
+    Lake((tmp_path / "lake").as_uri()).init()
+    quality = tmp_path / "quality.yaml"
+    quality.write_text("max_bad_row_share: 0.0\n")
     overrides = {
+        "AIRFLOW_VAR_ECOM_QUALITY_CONFIG": str(quality),
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(logs / "tasks"),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": meta,

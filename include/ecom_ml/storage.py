@@ -17,6 +17,7 @@ pod, where the Secret ``ecom-ml-trainer`` provides them.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -44,7 +45,13 @@ def path(uri: str) -> UPath:
     from upath import UPath
 
     kind = scheme(uri)
-    options = {"use_listings_cache": False} if kind in _LISTING_CACHE_OFF else {}
+    options: dict[str, object] = {"use_listings_cache": False} if kind in _LISTING_CACHE_OFF else {}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    if kind in ("s3", "s3a") and endpoint:
+        # Named explicitly (s3fs would read it from the environment too) so that it is part of
+        # fsspec's filesystem-instance cache key: a process that talks to two S3 endpoints in turn
+        # must not reuse a client of the first.
+        options["client_kwargs"] = {"endpoint_url": endpoint}
     try:
         return UPath(uri, **options)
     except (ImportError, ValueError) as exc:

@@ -30,6 +30,7 @@ from datetime import timedelta
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from ecom_ml.evaluation.baselines import (
     CoPurchaseBaseline,
@@ -99,6 +100,12 @@ def validation_split(split: Split) -> Split:
     if length <= timedelta(0) or length % timedelta(days=1):
         raise EvaluationError(f"holdout [{split.cutoff.isoformat()}, {split.end.isoformat()}) is not a whole number of days")
     days = length // timedelta(days=1)
+    # As long as the holdout where the training window allows it, else half of the days the window
+    # holds before the holdout: a 31-day holdout on a 42-day window still gets a validation split.
+    if split.train.num_rows:
+        first = split.train.column("ts").cast(pa.timestamp("us", tz="UTC")).to_numpy().min()
+        span = (np.datetime64(split.cutoff.replace(tzinfo=None), "us") - first) // np.timedelta64(1, "D")
+        days = max(1, min(days, int(span) // 2))
     inner = time_split(split.train, (split.cutoff - timedelta(days=1)).date(), holdout_days=days)
     where = (f"validation split (test {inner.cutoff.date()}..{(inner.end - timedelta(days=1)).date()}, "
              f"the {days} days before the holdout)")
