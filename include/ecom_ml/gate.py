@@ -17,6 +17,10 @@ The checks, in report order:
 ``slice:<slice>:<metric>``
     candidate.slices[slice][metric] >= floor, for every floor in the config. Averages hide a broken
     cold-start path (new customers are a small share of the test set).
+``band:<metric>:min`` / ``band:<metric>:max``
+    low <= candidate[metric] <= high for every ``bands: {metric: [low, high]}`` entry (a dotted
+    path, e.g. ``coverage_p90``): a quantity that must be neither too low nor too high, such as the
+    share of actuals under a p90 forecast (too low: stock-outs; too high: the p90 is padded).
 ``max_model_bytes`` / ``max_p99_ms``
     candidate.cost.model_bytes / p99_ms within budget: a better model that costs ten times more to
     serve is not automatically better. ``null`` in the YAML disables a budget ("n/a").
@@ -42,7 +46,7 @@ from ecom_ml.errors import EcomError
 
 _REQUIRED_KEYS = ("model", "primary_metric", "baseline_margin", "champion_tolerance", "slices",
                   "max_model_bytes", "max_p99_ms")
-_OPTIONAL_KEYS = {"higher_is_better": True}
+_OPTIONAL_KEYS: dict[str, Any] = {"higher_is_better": True, "bands": {}}
 NO_CHAMPION = "no champion yet (first model)"
 
 
@@ -75,6 +79,8 @@ class GateConfig:
     max_model_bytes: int | None
     max_p99_ms: float | None
     higher_is_better: bool = True
+    #: metric (dotted path) -> (low, high): the candidate's value must lie within, inclusive.
+    bands: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     #: Where the values came from, for messages and the report.
     source: str = "<dict>"
 
@@ -183,6 +189,16 @@ class GateConfig:
         if not isinstance(higher, bool):
             raise fail("higher_is_better", f"must be true or false, got {higher!r}")
 
+        raw_bands = data.get("bands") or {}
+        if not isinstance(raw_bands, Mapping):
+            raise fail("bands", f"must map metric -> [low, high], got {type(raw_bands).__name__}")
+        bands: dict[str, tuple[float, float]] = {}
+        for metric, bounds in raw_bands.items():
+            if (not isinstance(bounds, (list, tuple)) or len(bounds) != 2 or not all(_is_number(b) for b in bounds)
+                    or not bounds[0] <= bounds[1]):
+                raise fail(f"bands.{metric}", f"must be [low, high] with low <= high, got {bounds!r}")
+            bands[str(metric)] = (float(bounds[0]), float(bounds[1]))
+
         return cls(
             model=model,
             primary_metric=primary,
@@ -192,6 +208,7 @@ class GateConfig:
             max_model_bytes=max_bytes,
             max_p99_ms=max_p99,
             higher_is_better=higher,
+            bands=bands,
             source=source,
         )
 
@@ -205,6 +222,7 @@ class GateConfig:
             "slices": {s: dict(m) for s, m in self.slices.items()},
             "max_model_bytes": self.max_model_bytes,
             "max_p99_ms": self.max_p99_ms,
+            "bands": {m: list(b) for m, b in self.bands.items()},
             "source": self.source,
         }
 
@@ -369,7 +387,9 @@ class GateReport:
             "",
             self.summary_line(),
             "",
-            f"Primary metric `{self.primary_metric}`{best}; thresholds from `{self.config.get('source', '?')}`.",
+            f"Primary metric `{self.primary_metric}` "
+            f"({'higher' if self.config.get('higher_is_better', True) else 'lower'} is better){best}; "
+            f"thresholds from `{self.config.get('source', '?')}`.",
             "",
             "| Check | Metric | Threshold | Candidate | Champion | Best baseline | Result | Detail |",
             "|---|---|---|---|---|---|---|---|",
@@ -545,6 +565,22 @@ def evaluate_gate(
             else:
                 checks.append(Check(name, floor, value, champ_slice, base_slice, value >= floor,
                                     f"floor for the {slice_name!r} slice", metric, ">="))
+
+    # -- bands ---------------------------------------------------------------------------------------
+    for metric, (low, high) in cfg.bands.items():
+        path = metric.split(".")
+        value, problem = _lookup(candidate, *path)
+        champ_band = _lookup(champion, *path)[0] if champion is not None else None
+        base_band = _lookup(best_result, *path)[0]
+        for side, bound, comparison in (("min", low, ">="), ("max", high, "<=")):
+            name = f"band:{metric}:{side}"
+            if value is None:
+                checks.append(Check(name, bound, None, champ_band, base_band, False,
+                                    f"candidate {metric} is {problem}", metric, comparison))
+            else:
+                ok = value >= bound if comparison == ">=" else value <= bound
+                checks.append(Check(name, bound, value, champ_band, base_band, ok,
+                                    f"band [{format_number(low)}, {format_number(high)}]", metric, comparison))
 
     # -- cost budgets --------------------------------------------------------------------------------
     for check_name, key, limit in (("max_model_bytes", "model_bytes", cfg.max_model_bytes),
