@@ -18,14 +18,14 @@ from ecom_ml.ingest.tasks import IngestConfig, check_quality, extract_to_raw, pu
 from ecom_ml.lake import Lake
 
 START = date(2024, 1, 1)
-DAYS = 84  # 12 weeks: 8 to train on before the 4-week holdout
+DAYS = 112  # 16 weeks: 12 to train on before the 4-week holdout
 LAST = START + timedelta(days=DAYS - 1)
-WINDOW = {"AIRFLOW_VAR_ECOM_DEMAND_WINDOW_DAYS": str(DAYS)}
+WINDOW = {"AIRFLOW_VAR_ECOM_DEMAND_WINDOW_DAYS": str(DAYS), "AIRFLOW_VAR_ECOM_DEMAND_HISTORY_LEN": "4"}
 
 
 @pytest.fixture(scope="module")
 def pipeline(pg_server, scratch_dbs, tmp_path_factory):
-    """A validated lake of 84 generated days and a registry of its own; env for the DAG."""
+    """A validated lake of 112 generated days and a registry of its own; env for the DAG."""
     from ecom_ml.db.migrate import migrate
 
     names = scratch_dbs("orders", "mlflow")

@@ -142,6 +142,7 @@ def evaluate_panel(panel: Any, models: Mapping[str, Any]) -> dict[str, Any]:
     for role, model in models.items():
         if model.horizon < horizon:
             raise DemandEvaluationError(f"the {role} forecasts {model.horizon} week(s); the holdout has {horizon}")
-        p50, p90 = model.forecast(model_inputs(panel, rows, np.full(len(rows), anchor), model.history_len, model.horizon))
+        p50, p90 = model.forecast(model_inputs(panel, rows, np.full(len(rows), anchor), model.history_len, model.horizon,
+                                                  model.seasonal))
         out[role] = score(actual, p50[:, :horizon], p90[:, :horizon], scale, masks)
     return out

@@ -73,6 +73,7 @@ def single_forecasts(model: Any, panel: Any) -> Any:
 
     def one() -> Any:
         row = np.asarray([next(rows)])
-        return model.forecast(model_inputs(panel, row, np.asarray([anchor]), model.history_len, model.horizon))
+        return model.forecast(model_inputs(panel, row, np.asarray([anchor]), model.history_len, model.horizon,
+                                                  model.seasonal))
 
     return one
