@@ -192,7 +192,7 @@ def build_features(tables: Mapping[str, pa.Table], params: DemandParams) -> tupl
     full = pd.MultiIndex.from_product([sold, range(params.weeks)], names=["product_id", "week"])
     weekly = grouped.reindex(full)
     weekly[["units", "units_at_cutoff", "lines"]] = weekly[["units", "units_at_cutoff", "lines"]].fillna(0)
-    negative = int((weekly["units"] < 0).sum() + (weekly["units_at_cutoff"] < 0).sum())
+    negative = int(((weekly["units"] < 0) | (weekly["units_at_cutoff"] < 0)).sum())
     weekly[["units", "units_at_cutoff"]] = weekly[["units", "units_at_cutoff"]].clip(lower=0)
     weekly = weekly.reset_index()
     holdout = weekly["week"] >= params.train_weeks
