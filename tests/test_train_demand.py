@@ -123,6 +123,15 @@ def test_demand_model_beats_the_baselines_and_is_promoted_then_a_leaked_candidat
         assert states["promote"] == "success", states
         champion = registry.champion("demand", download=False)
         assert champion is not None and champion.version == _xcom(run, "gate")["version"]
+        # The Models view needs no demand-specific code: the gate says which metric and which way.
+        from ecom_ml.ui import models_data
+
+        reg = registry.get_registry()
+        assert "demand" in models_data.known_models(reg)
+        view = models_data.model_view(reg, "demand")
+        assert view.champion.version == champion.version and view.dag_id == "train_demand"
+        assert view.primary_metric == "wape" and view.metrics[0] == "wape" and view.higher_is_better is False
+        assert view.best_baseline in evaluation["baselines"] and len(view.trend) == 1
     else:  # the gate said why; the run fails visibly and nothing is promoted
         assert states["gate"] == "failed" and registry.champion("demand", download=False) is None
         pytest.fail(f"the demand gate rejected the first model: {[c['name'] for c in report['checks'] if not c['passed']]}")

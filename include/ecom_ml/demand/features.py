@@ -311,8 +311,9 @@ class Panel:
 
 
 #: Week of year is a model input only when the training weeks cover at least two years: with one
-#: year, the weeks being forecast were never a target (the window starts a year earlier), and on
-#: Online Retail II reading it anyway raised the model's WAPE from 0.668 to 0.760 (bench/demand_retail.py).
+#: year, the weeks being forecast were never a target (the window starts a year earlier). On Online
+#: Retail II (one year) reading it anyway gave WAPE 0.645 / 0.721 / 0.836 for seeds 0 / 1 / 2 against
+#: 0.675 / 0.660 / 0.649 without it, and p90 coverage 0.83-0.88 against 0.91-0.92.
 SEASONAL_WEEKS = 104
 
 

@@ -9,7 +9,7 @@ recent mean), so the loss — the pinball loss at 0.5 and 0.9 — is in units, a
 in training is its volume, as in WAPE.
 
 No product-id embedding: on Online Retail II one (8 wide, 4k products) memorised the training
-weeks and raised holdout WAPE from 0.668 to 0.760 (bench/demand_retail.py, without week of year).
+weeks and raised holdout WAPE from 0.668 to 0.760 (20 epochs, without week of year, seed 0).
 A product is known by its own lags, price, age and category, so a product first sold after the
 model's cutoff is forecast like any other; an unknown category maps to embedding row 0.
 
