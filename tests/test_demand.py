@@ -188,3 +188,19 @@ def test_a_bad_band_is_one_line_naming_the_key(tmp_path):
         GateConfig.load(path)
     assert str(info.value) == (f"gate config {path}: key 'bands.coverage_p90' must be [low, high] with "
                                f"low <= high, got [0.95, 0.85]")
+
+
+def test_the_trainer_without_features_is_one_line_naming_day_and_lake(tmp_path):
+    import subprocess
+    import sys
+
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    done = subprocess.run([sys.executable, "-m", "ecom_ml.train", "--model", "demand", "--features", lake.as_uri(),
+                           "--day", "2024-01-01", "--out", (tmp_path / "out").as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == (f"ecom-ml train: error: no demand features for 2024-01-01 under {lake.as_uri()}: "
+                    f"run the features task first")
+    assert not (tmp_path / "out").exists()

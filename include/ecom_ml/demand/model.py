@@ -263,7 +263,9 @@ def train(request: TrainRequest) -> dict[str, Any]:
     root, day = resolve_features(request.features, request.day)
     try:
         fparams, tables = read_features(Lake(root), day)
-    except (DemandFeatureError, FileNotFoundError) as exc:
+    except DemandFeatureError:
+        raise  # already one line naming the day and the lake
+    except FileNotFoundError as exc:
         raise DemandModelError(f"no demand features for {day} under {root} ({exc})") from None
     params = replace(params, history_len=params.history_len or fparams.history_len,
                      holdout_days=params.holdout_days or fparams.holdout_days)
