@@ -346,12 +346,13 @@ def model_inputs(panel: Panel, rows: np.ndarray, anchors: np.ndarray, history_le
     recent = lags[:, -min(4, history_len):].mean(axis=1)
     age = np.where(np.isfinite(panel.first_week[rows]), anchors - panel.first_week[rows], 0.0)
     age = np.clip(age, 0, None)
-    target_weeks = anchors[:, None] + np.arange(horizon)[None, :]
-    total_weeks = len(panel.week_of_year)
-    woy = np.where(target_weeks < total_weeks,
-                   panel.week_of_year[np.minimum(target_weeks, total_weeks - 1)],
-                   _future_week_of_year(panel, target_weeks))
-    hol = np.array([[_holidays_of(panel, int(w)) for w in row] for row in target_weeks]) if n else np.zeros((0, horizon))
+    target_weeks = (anchors[:, None] + np.arange(horizon)[None, :]).astype(np.int64)
+    # Calendar of every week up to the last one forecast (past the window for a live forecast).
+    weeks = range(int(target_weeks.max()) + 1 if n else 0)
+    woy = np.asarray([panel.params.week_start(w).isocalendar()[1] for w in weeks], dtype=np.float64)[target_weeks] \
+        if n else np.zeros((0, horizon))
+    hol = np.asarray([holiday_days(panel.params.week_start(w)) for w in weeks], dtype=np.float64)[target_weeks] \
+        if n else np.zeros((0, horizon))
     angle = 2 * np.pi * woy / 52.18
     seasonality = [np.sin(angle), np.cos(angle)] if seasonal else []
     numeric = np.concatenate([
@@ -361,16 +362,6 @@ def model_inputs(panel: Panel, rows: np.ndarray, anchors: np.ndarray, history_le
     ], axis=1).astype(np.float32)
     return {"numeric": numeric, "scale": scale[:, None].astype(np.float32),
             "product_id": panel.product_ids[rows].astype(np.int64), "category": panel.categories[rows]}
-
-
-def _future_week_of_year(panel: Panel, weeks: np.ndarray) -> np.ndarray:
-    return np.vectorize(lambda w: panel.params.week_start(int(w)).isocalendar()[1])(weeks).astype(np.float64)
-
-
-def _holidays_of(panel: Panel, week: int) -> float:
-    if week < len(panel.holiday_days):
-        return float(panel.holiday_days[week])
-    return float(holiday_days(panel.params.week_start(week)))
 
 
 def numeric_width(history_len: int, horizon: int, seasonal: bool) -> int:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, Protocol
 
+from ecom_ml.demand.steps import DemandSteps
 from ecom_ml.errors import EcomError
 from ecom_ml.lake import Lake
 
@@ -188,8 +189,6 @@ class RecommenderSteps:
             out[role] = result
         return out
 
-
-from ecom_ml.demand.steps import DemandSteps  # noqa: E402  (import-light: the kind's code loads in its steps)
 
 STEPS: dict[str, ModelSteps] = {"recommender": RecommenderSteps(), "demand": DemandSteps()}
 
