@@ -67,6 +67,9 @@ def test_weekly_units_are_net_of_cancelled_and_refunded_orders_as_of_the_cutoff(
     assert np.isnan(panel.units_at_cutoff[:, 5:]).all()
     assert panel.known(5).tolist() == [[3, 2, 5, 0, 0], [1, 0, 0, 0, 0]]
     assert panel.rel_price[0, :2].tolist() == [1.0, 0.8] and panel.rel_price[0, 3] == 1.0
+    # Order 3 (cancelled after the cutoff) still prices week 2; order 4 (refunded before) does not.
+    prices = built["weekly"].column("avg_price").to_pylist()  # rows: product 1 weeks 0-8, product 2 weeks 0-8
+    assert prices[2] == 10.0 and prices[9 + 2] is None and panel.rel_price[1, 2] == 1.0
     assert counts == {"products": 2, "weeks": 9, "lines_kept": 5, "lines_not_sold": 2, "negative_clipped": 1,
                       "empty_weeks": 6}
     assert panel.holiday_days.tolist() == [0, 0, 0, 1, 3, 1, 0, 0, 0]  # Dec 24 | Dec 25, 26, 31 | Jan 1

@@ -132,6 +132,14 @@ def test_demand_model_beats_the_baselines_and_is_promoted_then_a_leaked_candidat
         assert view.champion.version == champion.version and view.dag_id == "train_demand"
         assert view.primary_metric == "wape" and view.metrics[0] == "wape" and view.higher_is_better is False
         assert view.best_baseline in evaluation["baselines"] and len(view.trend) == 1
+        from types import SimpleNamespace
+
+        from ecom_ml.ui import models_html
+
+        links = models_html.Links(url_for=lambda *args, **kwargs: SimpleNamespace(path="/models"))
+        html = models_html._model_section(models_data.ModelSection("demand", "train_demand", True, view), links)
+        assert '<span data-testid="metric-direction">lower is better</span>' in html
+        assert "Metric trend by training day (wape: lower is better)" in html
     else:  # the gate said why; the run fails visibly and nothing is promoted
         assert states["gate"] == "failed" and registry.champion("demand", download=False) is None
         pytest.fail(f"the demand gate rejected the first model: {[c['name'] for c in report['checks'] if not c['passed']]}")

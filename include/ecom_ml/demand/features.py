@@ -173,7 +173,10 @@ def build_features(tables: Mapping[str, pa.Table], params: DemandParams) -> tupl
     cutoff_kept = now_kept | (removed_us >= cutoff_us)
     lines["units"] = np.where(now_kept, lines["quantity"], 0.0)
     lines["units_at_cutoff"] = np.where(cutoff_kept, lines["quantity"], 0.0)
-    lines["kept_price"] = np.where(now_kept, lines["price"], np.nan)
+    # Prices follow the same rule: a training week's mean price is over its lines as they stood at the
+    # cutoff (whether a line was later cancelled is not known then), a holdout week's over today's.
+    priced = np.where(lines["week"].to_numpy() < params.train_weeks, cutoff_kept, now_kept)
+    lines["kept_price"] = np.where(priced, lines["price"], np.nan)
     grouped = lines.groupby(["product_id", "week"]).agg(
         units=("units", "sum"), units_at_cutoff=("units_at_cutoff", "sum"), avg_price=("kept_price", "mean"),
         lines=("units", "size"))
