@@ -125,6 +125,8 @@ def main() -> None:
         print(f"   {name:<20}{r['wape']:7.3f}{(f'{ref:.3f}' if ref else '-'):>7}{r['bias']:8.3f}{r['mase']:7.3f}"
               f"{r['pinball_p50']:10.3f}{(f'{cov:.3f}' if cov is not None else '-'):>8}"
               f"{s['top100']['wape']:12.3f}{s['rest']['wape']:10.3f}{s['new']['wape']:9.3f}")
+    print("   daily shape (share of pre-cutoff units by weekday): "
+          + ", ".join(f"{day} {share:.3f}" for day, share in result["daily_shape"].items()))
     model = result["model"]
     wape_ok = model["wape"] <= TARGET_WAPE
     cov_ok = TARGET_COVERAGE[0] <= model["coverage_p90"] <= TARGET_COVERAGE[1]

@@ -75,6 +75,9 @@ def test_weekly_units_are_net_of_cancelled_and_refunded_orders_as_of_the_cutoff(
     assert panel.holiday_days.tolist() == [0, 0, 0, 1, 3, 1, 0, 0, 0]  # Dec 24 | Dec 25, 26, 31 | Jan 1
     assert panel.closed_days.tolist() == [6, 6, 5, 6, 7, 6, 7, 7, 7]
     assert panel.week_of_year[0] == 48 and panel.first_week.tolist() == [0, 0]
+    # Units before the cutoff as they stood then: Tue 28 Nov 3+1, Tue 5 Dec 2, Tue 12 Dec 5 (cancelled
+    # later), Tue 19 Dec -2 (clipped) -> all on Tuesdays.
+    assert panel.daily_shape.tolist() == [0, 1, 0, 0, 0, 0, 0]
 
 
 def test_model_inputs_read_only_what_was_known_before_the_anchor():
@@ -206,4 +209,36 @@ def test_the_trainer_without_features_is_one_line_naming_day_and_lake(tmp_path):
     last = done.stderr.strip().splitlines()[-1]
     assert last == (f"ecom-ml train: error: no demand features for 2024-01-01 under {lake.as_uri()}: "
                     f"run the features task first")
+    assert not (tmp_path / "out").exists()
+
+
+def test_weeks_before_the_lakes_first_order_are_missing_history_not_zero_demand():
+    from ecom_ml.demand.model import training_examples
+
+    # A 20-week window over a lake whose orders start in week 11.
+    params = DemandParams(day=date(2024, 1, 28), window_days=140, holdout_days=28, history_len=3)
+    built, _ = build_features(tables(), params)
+    panel = Panel.from_tables(params, built)
+    assert params.weeks == 20 and panel.first_order_week() == 11  # 2023-11-27 is week 11 of this window
+    inputs, targets = training_examples(panel, 3, 4, params.train_weeks, seasonal=False)
+    # 16 training weeks: a full 3-week lag window after week 11 leaves no room for 4 targets, so the
+    # lag window shrinks to what there is: anchors from 11 + min(3, 16 - 4 - 11) = 12 to 16 - 4 = 12,
+    # for the two products sold before week 12.
+    assert len(targets) == 2 and targets.tolist() == [[2, 5, 0, 0], [0, 0, 0, 0]]
+
+
+def test_a_lake_with_less_history_than_the_horizon_is_one_line(tmp_path):
+    from ecom_ml import models
+    from ecom_ml.demand.features import write_features
+    from ecom_ml.lake import Lake
+
+    # A 20-week window, but the lake's orders start 9 weeks before the day: 4 weeks before a 5-week holdout.
+    params = DemandParams(day=date(2024, 1, 28), window_days=140, holdout_days=35, history_len=3)
+    lake = Lake((tmp_path / "lake").as_uri())
+    lake.init()
+    write_features(lake, params, *build_features(tables(), params))
+    with pytest.raises(EcomError) as info:
+        models.get("demand").train(models.TrainRequest(features=lake.root, day=params.day, out=str(tmp_path / "out")))
+    assert str(info.value) == ("demand features of 2024-01-28: the lake has orders from 2023-11-27 only, 4 week(s) "
+                               "before the 35-day holdout; training needs at least 5 (load more history, or wait)")
     assert not (tmp_path / "out").exists()

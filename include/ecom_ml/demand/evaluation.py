@@ -137,6 +137,8 @@ def evaluate_panel(panel: Any, models: Mapping[str, Any]) -> dict[str, Any]:
     volume = known[:, -13:].sum(axis=1)
     masks = slices(volume, panel.new(anchor)[rows])
     out: dict[str, Any] = {"products": int(len(rows)), "horizon_weeks": horizon,
+                           "daily_shape": dict(zip(("mon", "tue", "wed", "thu", "fri", "sat", "sun"),
+                                                   (round(float(v), 4) for v in panel.daily_shape), strict=True)),
                            "baselines": {name: score(actual, p50, None, scale, masks)
                                          for name, p50 in baselines(known, horizon).items()}}
     for role, model in models.items():

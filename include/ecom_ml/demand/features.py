@@ -21,6 +21,9 @@ Choices, and why:
 * **Price.** A product-week's ``avg_price`` is the mean unit price of its kept lines, divided by the
   product's list price for ``rel_price`` (1 where it did not sell): promotions and price changes are
   the demand signal the shop controls.
+* **Daily shape.** Daily series are too lumpy to forecast (on Online Retail II every simple daily
+  forecast is worse than forecasting zero), so days appear only as ``daily_shape``: the share of
+  the training weeks' units per weekday, which splits a weekly forecast into days.
 * **Calendar.** ISO week of year of each week's first day, ``holiday_days`` from a fixed calendar of
   closures (:data:`HOLIDAYS`, known in advance, so usable for the weeks being forecast) and
   ``closed_days``: days of the week with no order at all (known only afterwards, so only the model's
@@ -168,6 +171,9 @@ def build_features(tables: Mapping[str, pa.Table], params: DemandParams) -> tupl
     })
     lines = lines[lines["order_id"].isin(order_week.index)]
     lines["week"] = order_week.reindex(lines["order_id"].to_numpy()).to_numpy().astype(np.int64)
+    order_us = pd.Series(created[in_window], index=order_week.index)
+    # ISO weekday, Monday 0: 1970-01-01 was a Thursday.
+    lines["weekday"] = ((order_us.reindex(lines["order_id"].to_numpy()).to_numpy() // 86_400_000_000) + 3) % 7
     removed_us = lines["order_id"].map(removed).to_numpy(dtype=np.float64, na_value=np.nan)
     now_kept = np.isnan(removed_us)
     cutoff_kept = now_kept | (removed_us >= cutoff_us)
@@ -215,6 +221,12 @@ def build_features(tables: Mapping[str, pa.Table], params: DemandParams) -> tupl
         "holiday_days": [holiday_days(params.week_start(w)) for w in range(params.weeks)],
         "closed_days": (day_orders[: 7 * params.weeks].reshape(params.weeks, 7) == 0).sum(axis=1),
     })
+    # Daily demand is too lumpy to forecast (wholesale orders), so it is reported only as a shape: the
+    # share of the training weeks' units sold on each weekday, to split a weekly forecast into days.
+    before = lines["week"].to_numpy() < params.train_weeks
+    by_day = np.bincount(lines["weekday"].to_numpy()[before].astype(np.int64),
+                         weights=np.clip(lines["units_at_cutoff"].to_numpy()[before], 0, None), minlength=7)
+    shape = by_day / by_day.sum() if by_day.sum() > 0 else np.full(7, np.nan)
     counts = {
         "products": len(sold),
         "weeks": params.weeks,
@@ -231,6 +243,7 @@ def build_features(tables: Mapping[str, pa.Table], params: DemandParams) -> tupl
         "calendar": pa.Table.from_pandas(calendar.astype({"week": "int32", "week_of_year": "int32",
                                                           "holiday_days": "int32", "closed_days": "int32"}),
                                          preserve_index=False),
+        "daily_shape": pa.table({"weekday": pa.array(range(7), pa.int32()), "share": pa.array(shape, pa.float64())}),
     }
     return out, counts
 
@@ -267,6 +280,7 @@ class Panel:
     week_of_year: np.ndarray  # (W,)
     holiday_days: np.ndarray  # (W,)
     closed_days: np.ndarray  # (W,)
+    daily_shape: np.ndarray  # (7,) share of units by ISO weekday (Monday first) before the cutoff
 
     @classmethod
     def from_tables(cls, params: DemandParams, tables: Mapping[str, pa.Table]) -> Panel:
@@ -294,6 +308,7 @@ class Panel:
             week_of_year=cal.column("week_of_year").to_numpy().astype(np.float64),
             holiday_days=cal.column("holiday_days").to_numpy().astype(np.float64),
             closed_days=cal.column("closed_days").to_numpy().astype(np.float64),
+            daily_shape=np.asarray(tables["daily_shape"].sort_by("weekday").column("share").to_numpy(), dtype=np.float64),
         )
 
     def known(self, anchor: int) -> np.ndarray:
@@ -303,6 +318,12 @@ class Panel:
         if anchor > cut:  # only when a trainer is run with a shorter holdout than the features'
             known = np.concatenate([known, self.units[:, cut:anchor]], axis=1)
         return known
+
+    def first_order_week(self) -> int:
+        """The first week with any order in the lake: weeks before it are missing history, not zero
+        demand (a lake that starts later than the window)."""
+        open_weeks = np.flatnonzero(self.closed_days < 7)
+        return int(open_weeks[0]) if len(open_weeks) else len(self.closed_days)
 
     def active(self, anchor: int, weeks: int = ACTIVE_WEEKS) -> np.ndarray:
         """Products with a sale in the ``weeks`` weeks before ``anchor`` (bool mask)."""

@@ -211,15 +211,16 @@ def training_examples(panel: Any, history_len: int, horizon: int, train_weeks: i
     """Every (product, anchor) whose ``horizon`` target weeks lie before ``train_weeks`` and that
     sold at least once before the anchor, with its targets (units as at the cutoff).
 
-    Anchors start once a whole lag window lies inside the lake window (when there are enough weeks):
-    earlier ones would read the weeks before the window as zero sales, and teach the model that
-    demand jumps from nothing — for every product, in the weeks of the year just after the window's
-    start, which a one-year window then forecasts a year later.
+    Anchors start once a whole lag window lies after the lake's first order (when there are enough
+    weeks): earlier ones would read the weeks before the history as zero sales, and teach the model
+    that demand jumps from nothing — for every product, in the weeks of the year just after the
+    history's start, which a one-year window then forecasts a year later.
     """
     from ecom_ml.demand.features import model_inputs
 
     rows, anchors = [], []
-    first = max(1, min(history_len, train_weeks - horizon))
+    start = panel.first_order_week()
+    first = max(1, start + min(history_len, train_weeks - horizon - start))
     for anchor in range(first, train_weeks - horizon + 1):
         sold_before = panel.known(anchor).sum(axis=1) > 0
         idx = np.flatnonzero(sold_before)
@@ -274,6 +275,12 @@ def train(request: TrainRequest) -> dict[str, Any]:
         raise DemandModelError(f"demand features of {day} have {fparams.weeks} weeks: a {params.holdout_days}-day holdout "
                                f"leaves {train_weeks} to train on, fewer than the {params.horizon_weeks}-week horizon + 1")
     panel = Panel.from_tables(fparams, tables)
+    history = train_weeks - panel.first_order_week()
+    if history < params.horizon_weeks + 1:
+        raise DemandModelError(
+            f"demand features of {day}: the lake has orders from {fparams.week_start(panel.first_order_week()).date()} "
+            f"only, {max(history, 0)} week(s) before the {params.holdout_days}-day holdout; training needs at least "
+            f"{params.horizon_weeks + 1} (load more history, or wait)")
     read_s = time.perf_counter() - started
     cutoff = fparams.end - timedelta(days=params.holdout_days)
 
