@@ -214,12 +214,13 @@ def build_features(tables: Mapping[str, pa.Table], params: DemandParams) -> tupl
 
     day_orders = np.bincount(((created[in_window] - start_us) // 86_400_000_000).astype(np.int64),
                              minlength=7 * params.weeks)
-    calendar = pd.DataFrame({
-        "week": np.arange(params.weeks),
-        "week_start": [params.week_start(w) for w in range(params.weeks)],
-        "week_of_year": [params.week_start(w).isocalendar()[1] for w in range(params.weeks)],
-        "holiday_days": [holiday_days(params.week_start(w)) for w in range(params.weeks)],
-        "closed_days": (day_orders[: 7 * params.weeks].reshape(params.weeks, 7) == 0).sum(axis=1),
+    starts = [params.week_start(w) for w in range(params.weeks)]
+    calendar = pa.table({
+        "week": pa.array(range(params.weeks), pa.int32()),
+        "week_start": pa.array(starts, _TS),
+        "week_of_year": pa.array([s.isocalendar()[1] for s in starts], pa.int32()),
+        "holiday_days": pa.array([holiday_days(s) for s in starts], pa.int32()),
+        "closed_days": pa.array((day_orders[: 7 * params.weeks].reshape(params.weeks, 7) == 0).sum(axis=1), pa.int32()),
     })
     # Daily demand is too lumpy to forecast (wholesale orders), so it is reported only as a shape: the
     # share of the training weeks' units sold on each weekday, to split a weekly forecast into days.
@@ -240,9 +241,7 @@ def build_features(tables: Mapping[str, pa.Table], params: DemandParams) -> tupl
                                        preserve_index=False),
         "products": pa.Table.from_pandas(prods.astype({"product_id": "int64", "first_week": "float64"}),
                                          preserve_index=False),
-        "calendar": pa.Table.from_pandas(calendar.astype({"week": "int32", "week_of_year": "int32",
-                                                          "holiday_days": "int32", "closed_days": "int32"}),
-                                         preserve_index=False),
+        "calendar": calendar,
         "daily_shape": pa.table({"weekday": pa.array(range(7), pa.int32()), "share": pa.array(shape, pa.float64())}),
     }
     return out, counts
