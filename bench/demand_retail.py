@@ -100,12 +100,18 @@ def main() -> None:
           f"{params.holdout_start.date()}), {counts['negative_clipped']} negative product-weeks clipped, "
           f"{counts['empty_weeks']} week(s) without sales; {time.perf_counter() - t0:.1f} s")
 
-    scratch = Path(tempfile.mkdtemp(prefix="bench-demand-"))
+    with tempfile.TemporaryDirectory(prefix="bench-demand-") as tmp:
+        run(Path(tmp), params, features, counts, args.seed, args.epochs, t0)
+
+
+def run(scratch: Path, params: DemandParams, features: dict, counts: dict, seed: int, epochs: int | None,
+        t0: float) -> None:
+    """Train through the registry's trainer on a scratch lake and print every forecast's figures."""
     lake = Lake(scratch.joinpath("lake").as_uri())
     lake.init()
     write_features(lake, params, features, counts)
     kind = models.get("demand")
-    overrides = {"seed": args.seed, **({"epochs": args.epochs} if args.epochs else {})}
+    overrides = {"seed": seed, **({"epochs": epochs} if epochs else {})}
     t1 = time.perf_counter()
     done = kind.train(models.TrainRequest(features=lake.root, day=DAY, out=str(scratch / "out"), params=overrides))
     print(f"trained in {time.perf_counter() - t1:.1f} s on {done['backend']}: {done['metrics']['train_examples']:,} "
