@@ -31,6 +31,10 @@ point estimates.
 ``slice:<slice>:<metric>``
     candidate.slices[slice][metric] >= floor, for every floor in the config. Averages hide a broken
     cold-start path (new customers are a small share of the test set).
+``band:<metric>:min`` / ``band:<metric>:max``
+    low <= candidate[metric] <= high for every ``bands: {metric: [low, high]}`` entry (a dotted
+    path, e.g. ``coverage_p90``): a quantity that must be neither too low nor too high, such as the
+    share of actuals under a p90 forecast (too low: stock-outs; too high: the p90 is padded).
 ``max_model_bytes`` / ``max_p99_ms``
     candidate.cost.model_bytes / p99_ms within budget: a better model that costs ten times more to
     serve is not automatically better. ``null`` in the YAML disables a budget ("n/a").
@@ -57,8 +61,8 @@ from ecom_ml.errors import EcomError
 
 _REQUIRED_KEYS = ("model", "primary_metric", "baseline_margin", "champion_tolerance", "slices",
                   "max_model_bytes", "max_p99_ms")
-_OPTIONAL_KEYS = {"higher_is_better": True, "confidence_level": None, "bootstrap_resamples": 1000,
-                  "bootstrap_seed": 0, "ungated_baselines": []}
+_OPTIONAL_KEYS: dict[str, Any] = {"higher_is_better": True, "confidence_level": None, "bootstrap_resamples": 1000,
+                                  "bootstrap_seed": 0, "ungated_baselines": [], "bands": {}}
 NO_CHAMPION = "no champion yet (first model)"
 
 
@@ -98,6 +102,8 @@ class GateConfig:
     #: "reported, not gated"); every other baseline is gated, so a new one is gated by default.
     ungated_baselines: tuple[str, ...] = ()
     bootstrap_seed: int = 0
+    #: metric (dotted path) -> (low, high): the candidate's value must lie within, inclusive.
+    bands: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     #: Where the values came from, for messages and the report.
     source: str = "<dict>"
 
@@ -218,6 +224,16 @@ class GateConfig:
         if not isinstance(ungated, list) or not all(isinstance(n, str) and n for n in ungated):
             raise fail("ungated_baselines", f"must be a list of baseline names (empty: all gated), got {ungated!r}")
 
+        raw_bands = data.get("bands") or {}
+        if not isinstance(raw_bands, Mapping):
+            raise fail("bands", f"must map metric -> [low, high], got {type(raw_bands).__name__}")
+        bands: dict[str, tuple[float, float]] = {}
+        for metric, bounds in raw_bands.items():
+            if (not isinstance(bounds, (list, tuple)) or len(bounds) != 2 or not all(_is_number(b) for b in bounds)
+                    or not bounds[0] <= bounds[1]):
+                raise fail(f"bands.{metric}", f"must be [low, high] with low <= high, got {bounds!r}")
+            bands[str(metric)] = (float(bounds[0]), float(bounds[1]))
+
         return cls(
             model=model,
             primary_metric=primary,
@@ -231,6 +247,7 @@ class GateConfig:
             bootstrap_resamples=resamples,
             bootstrap_seed=seed,
             ungated_baselines=tuple(ungated),
+            bands=bands,
             source=source,
         )
 
@@ -248,6 +265,7 @@ class GateConfig:
             "bootstrap_resamples": self.bootstrap_resamples,
             "bootstrap_seed": self.bootstrap_seed,
             "ungated_baselines": list(self.ungated_baselines),
+            "bands": {m: list(b) for m, b in self.bands.items()},
             "source": self.source,
         }
 
@@ -421,7 +439,9 @@ class GateReport:
             "",
             self.summary_line(),
             "",
-            f"Primary metric `{self.primary_metric}`{best}; thresholds from `{self.config.get('source', '?')}`.",
+            f"Primary metric `{self.primary_metric}` "
+            f"({'higher' if self.config.get('higher_is_better', True) else 'lower'} is better){best}; "
+            f"thresholds from `{self.config.get('source', '?')}`.",
             "",
             "| Check | Metric | Threshold | Candidate | Champion | Best baseline | Difference [interval] | Result | Detail |",
             "|---|---|---|---|---|---|---|---|---|",
@@ -705,6 +725,22 @@ def evaluate_gate(
             else:
                 checks.append(Check(name, floor, value, champ_slice, base_slice, value >= floor,
                                     f"floor for the {slice_name!r} slice", metric, ">="))
+
+    # -- bands ---------------------------------------------------------------------------------------
+    for metric, (low, high) in cfg.bands.items():
+        path = metric.split(".")
+        value, problem = _lookup(candidate, *path)
+        champ_band = _lookup(champion, *path)[0] if champion is not None else None
+        base_band = _lookup(best_result, *path)[0]
+        for side, bound, comparison in (("min", low, ">="), ("max", high, "<=")):
+            name = f"band:{metric}:{side}"
+            if value is None:
+                checks.append(Check(name, bound, None, champ_band, base_band, False,
+                                    f"candidate {metric} is {problem}", metric, comparison))
+            else:
+                ok = value >= bound if comparison == ">=" else value <= bound
+                checks.append(Check(name, bound, value, champ_band, base_band, ok,
+                                    f"band [{format_number(low)}, {format_number(high)}]", metric, comparison))
 
     # -- cost budgets --------------------------------------------------------------------------------
     for check_name, key, limit in (("max_model_bytes", "model_bytes", cfg.max_model_bytes),

@@ -69,7 +69,7 @@ class ModelKind:
         return asdict(_resolve(self.params)()) if self.params else {}
 
 
-#: Model kinds by name. Forecasting and propensity will join here with their own modules.
+#: Model kinds by name; each kind's code lives in its own modules (propensity will join here).
 REGISTRY: dict[str, ModelKind] = {
     "recommender": ModelKind(
         name="recommender",
@@ -77,6 +77,13 @@ REGISTRY: dict[str, ModelKind] = {
         trainer="ecom_ml.models.recommender:train",
         loader="ecom_ml.models.recommender:load_recommender",
         params="ecom_ml.models.recommender:TrainParams",
+    ),
+    "demand": ModelKind(
+        name="demand",
+        description="global weekly demand forecaster, p50 and p90 of the next 4 weeks (Keras 3)",
+        trainer="ecom_ml.demand.model:train",
+        loader="ecom_ml.demand.model:load_forecaster",
+        params="ecom_ml.demand.model:DemandTrainParams",
     ),
 }
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, Protocol
 
+from ecom_ml.demand.steps import DemandSteps
 from ecom_ml.errors import EcomError
 from ecom_ml.lake import Lake
 
@@ -46,7 +47,8 @@ class TrainingSettings:
     @classmethod
     def from_airflow(cls, model: str = "recommender") -> TrainingSettings:
         """Lake root as for ingestion; window, holdout and history length from the Variables
-        ``ecom_<model>_window_days`` / ``…_holdout_days`` / ``…_history_len`` (defaults above).
+        ``ecom_<model>_window_days`` / ``…_holdout_days`` / ``…_history_len`` (defaults: the model
+        kind's steps' ``setting_defaults`` where it declares them, else the ones above).
 
         A value that is not a whole number, is out of range, or leaves no day to train on before the
         holdout is one line naming the Variable.
@@ -55,8 +57,11 @@ class TrainingSettings:
 
         from ecom_ml import settings
 
+        kind_defaults = getattr(STEPS.get(model), "setting_defaults", {})
+
         def number(key: str) -> int:
-            default, low, high = SETTING_RANGES[key]
+            _, low, high = SETTING_RANGES[key]
+            default = kind_defaults.get(key, SETTING_RANGES[key][0])
             name = f"ecom_{model}_{key}"
             raw = Variable.get(name, default=None)
             if raw in (None, ""):
@@ -192,7 +197,7 @@ class RecommenderSteps:
         return out
 
 
-STEPS: dict[str, ModelSteps] = {"recommender": RecommenderSteps()}
+STEPS: dict[str, ModelSteps] = {"recommender": RecommenderSteps(), "demand": DemandSteps()}
 
 
 def steps_for(model: str) -> ModelSteps:

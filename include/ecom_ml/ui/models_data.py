@@ -168,6 +168,8 @@ class ModelView:
     #: The best baseline of the newest gate report, and its primary-metric value.
     best_baseline: str | None = None
     best_baseline_value: float | None = None
+    #: The gate's direction of the primary metric (False for an error such as WAPE).
+    higher_is_better: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -268,6 +270,16 @@ def gate_metrics(model: str) -> tuple[str, str | None]:
     except GateConfigError:
         return DEFAULT_PRIMARY_METRIC, None
     return cfg.primary_metric, cfg.source
+
+
+def primary_higher_is_better(model: str) -> bool:
+    """Whether the gate's primary metric is better when higher (true without a gate config)."""
+    from ecom_ml.gate import GateConfig, GateConfigError
+
+    try:
+        return GateConfig.load(model).higher_is_better
+    except GateConfigError:
+        return True
 
 
 def known_models(reg: Registry) -> list[str]:
@@ -377,7 +389,7 @@ def model_view(reg: Registry, model: str, *, candidates: int = DEFAULT_CANDIDATE
         ever_champion.add(champion_version)
     versions = _versions(reg, model)
     base = dict(name=model, dag_id=training_dag(model), primary_metric=primary, gate_config=source,
-                total_versions=len(versions))
+                total_versions=len(versions), higher_is_better=primary_higher_is_better(model))
     if not versions:
         metrics = [primary, *(m for m in SECONDARY_METRICS if m != primary)]
         return ModelView(**base, metrics=metrics, champion=None, candidates=[], trend=[])

@@ -148,11 +148,14 @@ def _model_section(section: ModelSection, links: Links) -> str:
     if view.best_baseline:
         best = (f' · best baseline <b>{e(view.best_baseline)}</b> {e(view.primary_metric)} '
                 f'<span data-testid="best-baseline-value">{e(fmt(view.best_baseline_value))}</span>')
-    parts = [head, f'<p class="muted small">primary metric <b>{e(view.primary_metric)}</b>{gate} · '
+    direction = "higher" if view.higher_is_better else "lower"
+    parts = [head, f'<p class="muted small">primary metric <b>{e(view.primary_metric)}</b> '
+                   f'(<span data-testid="metric-direction">{direction} is better</span>){gate} · '
                    f"{view.total_versions} version(s) registered{best}</p>"]
     parts.append('<div class="cards">')
     parts.append(_champion_card(view, links))
-    parts.append(f'<div class="card chart"><div class="label">Metric trend by training day</div>{trend_chart(view)}</div>')
+    parts.append(f'<div class="card chart"><div class="label">Metric trend by training day '
+                 f'({e(view.primary_metric)}: {direction} is better)</div>{trend_chart(view)}</div>')
     parts.append("</div>")
     parts.append(f"<h3>Recent candidates</h3>{_candidates_table(view, links)}")
     return "\n".join(parts) + "</section>"
