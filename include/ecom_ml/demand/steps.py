@@ -41,6 +41,11 @@ class DemandSteps:
 
         return stored_params(lake, day).holdout_start
 
+    def window_days(self, lake: Lake, day: date) -> int:
+        from ecom_ml.demand.features import stored_params
+
+        return 7 * stored_params(lake, day).weeks
+
     def evaluate(self, lake: Lake, day: date, candidate_dir: str, champion_dir: str | None) -> dict[str, Any]:
         from ecom_ml.demand.evaluation import evaluate_panel
         from ecom_ml.demand.features import Panel, read_features

@@ -92,7 +92,9 @@ def training_dag(model: str, *, doc_md: str, owner: str = "ml-engineering") -> D
             return evaluate(name, built["features_uri"], date.fromisoformat(built["day"]),
                             {**trained, "out_uri": built["out_uri"]})
 
-        @task(retries=0)
+        # A rejected candidate raises AirflowFailException (never retried); anything else (MLflow
+        # unreachable) is retried: registration is safe to retry at any point.
+        @task
         def gate(built: dict, trained: dict, evaluation: dict, run_id: Any = None) -> dict:
             from datetime import date
 
