@@ -67,21 +67,21 @@ def main(argv: list[str] | None = None) -> int:
             created = time.monotonic()
             first_task = None
             while time.monotonic() - created < 1800:
-                rows = night._query(
+                rows = night.query(
                     """SELECT count(*) AS started FROM task_instance ti JOIN dag_run r
                        ON r.dag_id = ti.dag_id AND r.run_id = ti.run_id
                        WHERE r.run_type = 'backfill' AND ti.start_date IS NOT NULL""")
                 if first_task is None and rows[0].started:
                     first_task = time.monotonic() - created
-                done = night._query("SELECT completed_at FROM backfill ORDER BY id DESC LIMIT 1")
+                done = night.query("SELECT completed_at FROM backfill ORDER BY id DESC LIMIT 1")
                 if done and done[0].completed_at is not None:
                     break
                 time.sleep(0.5)
             total = time.monotonic() - created
-            deadlines = night._query(
+            deadlines = night.query(
                 """SELECT count(d.id) AS n FROM deadline d JOIN dag_run r ON r.id = d.dagrun_id
                    WHERE r.run_type = 'backfill'""")[0].n
-            states = night._query("SELECT state, count(*) AS n FROM dag_run WHERE run_type = 'backfill' GROUP BY state")
+            states = night.query("SELECT state, count(*) AS n FROM dag_run WHERE run_type = 'backfill' GROUP BY state")
         finally:
             stack.stop()
     print(f"backfill of {args.days} days of orders_ingest, deadline alerts on, LocalExecutor (parallelism 4):")

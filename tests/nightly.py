@@ -30,8 +30,6 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-
 from ecom_ml import local_airflow
 from ecom_ml.localhost import free_port
 
@@ -48,26 +46,22 @@ class NightStack:
     env: dict[str, str]
     timings: dict[str, float] = field(default_factory=dict)
 
-    def airflow(self, *args: str) -> str:
-        done = self.stack.airflow(*args)
-        assert done.returncode == 0, f"airflow {' '.join(args)}: {done.stdout[-2000:]}{done.stderr[-3000:]}"
-        return done.stdout
+    @property
+    def driver(self) -> Any:
+        """``ecom_ml.night.Night`` on this stack: the CLI and the metadata-DB reads the demo uses too."""
+        from ecom_ml.night import Night
+
+        return Night(env=self.env, meta_url=self.meta_url,
+                     log_folder=Path(self.env["AIRFLOW__LOGGING__BASE_LOG_FOLDER"]), timeout=900)
 
     def query(self, sql: str, **params: Any) -> list[Any]:
-        engine = sa.create_engine(self.meta_url)
-        try:
-            with engine.connect() as conn:
-                return conn.execute(sa.text(sql), params).fetchall()
-        finally:
-            engine.dispose()
+        return self.driver.query(sql, **params)
 
     def runs(self, dag_id: str) -> list[Any]:
-        return self.query("SELECT run_id, run_type, state, logical_date, conf FROM dag_run WHERE dag_id = :d "
-                          "ORDER BY id", d=dag_id)
+        return self.driver.runs(dag_id)
 
-    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
-        return {r.task_id: r.state for r in self.query(
-            "SELECT task_id, state FROM task_instance WHERE dag_id = :d AND run_id = :r", d=dag_id, r=run_id)}
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
+        return self.driver.task_states(dag_id, run_id)
 
     def log_tail(self, *names: str) -> str:
         out = []
@@ -86,10 +80,7 @@ class NightStack:
     def run_night(self, days: list[date]) -> str:
         """Ingest ``days`` (history by backfill, the last day by its scheduled run), then let the last
         day's Asset event trigger training (``ecom_ml.night``); returns the training run's id."""
-        from ecom_ml.night import Night
-
-        driver = Night(env=self.env, meta_url=self.meta_url,
-                       log_folder=Path(self.env["AIRFLOW__LOGGING__BASE_LOG_FOLDER"]), timeout=900)
+        driver = self.driver
         started = time.monotonic()
         ingested = driver.load_history(days)
         assert all(r.state == "success" for r in ingested), ingested

@@ -52,7 +52,7 @@ class Night:
 
     # -- reading state ----------------------------------------------------------------------------
 
-    def _query(self, sql: str, **params: Any) -> list[Any]:
+    def query(self, sql: str, **params: Any) -> list[Any]:
         import sqlalchemy as sa
 
         engine = sa.create_engine(self.meta_url)
@@ -63,21 +63,20 @@ class Night:
             engine.dispose()
 
     def runs(self, dag_id: str) -> list[Any]:
-        return self._query("SELECT run_id, run_type, state, logical_date FROM dag_run WHERE dag_id = :d ORDER BY id",
+        return self.query("SELECT run_id, run_type, state, logical_date FROM dag_run WHERE dag_id = :d ORDER BY id",
                            d=dag_id)
 
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
-        return {r.task_id: r.state for r in self._query(
+        return {r.task_id: r.state for r in self.query(
             "SELECT task_id, state FROM task_instance WHERE dag_id = :d AND run_id = :r", d=dag_id, r=run_id)}
 
     def failure(self, dag_id: str, run_id: str) -> str:
         """``task X failed (log: …)`` for the first failed task of a run, for a one-line error."""
-        rows = self._query("SELECT task_id, try_number FROM task_instance WHERE dag_id = :d AND run_id = :r "
+        rows = self.query("SELECT task_id, try_number FROM task_instance WHERE dag_id = :d AND run_id = :r "
                            "AND state IN ('failed', 'upstream_failed') ORDER BY state, start_date", d=dag_id, r=run_id)
-        failed = [r for r in rows]
-        if not failed:
+        if not rows:
             return f"{dag_id} run {run_id} failed"
-        task, tries = failed[0].task_id, failed[0].try_number
+        task, tries = rows[0].task_id, rows[0].try_number
         log = self.log_folder / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task}" / f"attempt={tries}.log"
         return f"{dag_id} run {run_id}: task {task} failed (log: {log})"
 
