@@ -82,7 +82,7 @@ class NightStack:
         day's Asset event trigger training (``ecom_ml.night``); returns the training run's id."""
         driver = self.driver
         started = time.monotonic()
-        ingested = driver.load_history(days)
+        ingested = driver.load_history(days, hold=("train_recommender",))
         assert all(r.state == "success" for r in ingested), ingested
         self.timings["ingest_s"] = round(time.monotonic() - started, 1)
         assert not self.runs("train_recommender"), "a paused training DAG must not have been triggered"

@@ -22,6 +22,8 @@ from ecom_ml.errors import EcomError
 
 MODEL = "recommender"
 TRAINING_DAG = f"train_{MODEL}"
+#: Every training DAG scheduled on the orders_validated Asset: paused while history loads.
+TRAINING_DAGS = (TRAINING_DAG, "train_demand")
 
 
 def demo_days(count: int, today: date | None = None) -> list[date]:
@@ -88,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     night = Night(env=env, meta_url=env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"], log_folder=cfg.airflow_home / "logs")
 
     days = demo_days(args.days)
-    print(f"2/5 generating {args.days} days of orders ({days[0]}..{days[-1]}) into {cfg.orders_db_url} ...",
+    from ecom_ml.db import redact_url
+
+    print(f"2/5 generating {args.days} days of orders ({days[0]}..{days[-1]}) into {redact_url(cfg.orders_db_url)} ...",
           flush=True)
     summary = generate(
         cfg.orders_db_url,
@@ -107,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"4/5 loading history: backfill of orders_ingest {days[0]}..{days[-2]} and last night's scheduled run "
               f"({days[-1]}); {TRAINING_DAG} stays paused meanwhile", flush=True)
-        ingested = night.load_history(days, show=True)
+        ingested = night.load_history(days, hold=TRAINING_DAGS, show=True)
         failed = [r for r in ingested if r.state != "success"]
         for run in failed:
             print(f"    {night.failure('orders_ingest', run.run_id)}")

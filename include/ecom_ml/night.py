@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -103,9 +103,15 @@ class Night:
             time.sleep(2)
         raise NightError(f"{what} did not finish within {self.timeout:.0f} s")
 
-    def load_history(self, days: list[date], *, show: bool = False) -> list[Any]:
-        """Backfill ``days[:-1]`` and let the scheduled run of ``days[-1]`` run; returns their runs."""
+    def load_history(self, days: list[date], *, hold: Sequence[str] = (), show: bool = False) -> list[Any]:
+        """Backfill ``days[:-1]`` and let the scheduled run of ``days[-1]`` run; returns their runs.
+
+        The DAGs in ``hold`` (the training DAGs scheduled on the Asset) are paused first, so that the
+        backfilled days' Asset events start no training on partial history (a second demo on the
+        same stack finds them unpaused by the first)."""
         history, last = days[:-1], days[-1]
+        for dag_id in hold:
+            self.airflow("dags", "pause", dag_id)
         self.airflow("dags", "unpause", INGEST_DAG)
         if history:
             self.airflow("backfill", "create", "--dag-id", INGEST_DAG, "--from-date", history[0].isoformat(),
