@@ -84,7 +84,9 @@ def test_both_training_dags_come_from_one_factory_with_the_same_shape(monkeypatc
         assert model in dag.tags and dag.max_active_runs == 1
         train = dag.get_task("train")
         assert "ecom_ml.train" in train.cmds and train.arguments[:2] == ["--model", model]
-        assert dag.get_task("gate").retries == 0
+        # Registration is retry-safe, so the gate task keeps the DAG's retries (an MLflow outage is
+        # retried); a rejected candidate raises AirflowFailException, which is never retried.
+        assert dag.get_task("gate").retries == dag.get_task("promote").retries
     assert [t.task_id for t in demand.topological_sort()] == [t.task_id for t in recommender.topological_sort()]
 
 

@@ -213,9 +213,11 @@ def test_a_person_loads_history_trains_and_reads_the_models_view(ui, browser, mo
         page.get_by_role("link", name="Models").or_(page.get_by_role("button", name="Models")).first.click()
         page.wait_for_url("**/models**")
         view = page.frame_locator("iframe").first
-        view.get_by_test_id("champion-version").wait_for()
-        assert view.get_by_test_id("champion-version").inner_text().strip().lstrip("v") == str(promoted.version)
-        rejected = view.locator(f"[data-testid=candidate-row][data-version='{rejected_version.version}']")
+        # One section per model kind (recommender, demand): read the recommender's.
+        section = view.locator("[data-testid=model][data-model=recommender]")
+        section.get_by_test_id("champion-version").wait_for()
+        assert section.get_by_test_id("champion-version").inner_text().strip().lstrip("v") == str(promoted.version)
+        rejected = section.locator(f"[data-testid=candidate-row][data-version='{rejected_version.version}']")
         assert "failed" in rejected.inner_text().lower()
         assert view.locator("[data-testid=dq-row]", has_text=TRIGGERED_DAY.isoformat()).count() == 1
         _shot(page, "06-models-view")
