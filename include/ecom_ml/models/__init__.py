@@ -198,6 +198,28 @@ def write_text(uri: str, text: str) -> None:
     target.write_text(text)
 
 
+def utc_moment(text: Any) -> Any:
+    """An ISO 8601 timestamp as an aware datetime (UTC when it names no zone); None if it is not one."""
+    from datetime import datetime, timezone
+
+    try:
+        moment = datetime.fromisoformat(str(text))
+    except (TypeError, ValueError):
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def model_meta(model_dir: str | Path) -> dict[str, Any]:
+    """A model folder's ``model.json`` (every model kind writes one); empty when it has none."""
+    import json
+
+    try:
+        meta = json.loads((fetch_dir(str(model_dir)) / "model.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def training_cutoff(model_dir: str | Path) -> Any:
     """The training cutoff a model folder records (``model.json`` ``cutoff``: it was trained on data
     strictly before it), as an aware datetime; None when the folder does not say.
@@ -205,28 +227,17 @@ def training_cutoff(model_dir: str | Path) -> Any:
     Every model kind writes ``model.json`` with ``cutoff``, so evaluation can tell whether a model
     has seen the days it would be scored on without knowing the kind.
     """
-    import json
-    from datetime import datetime, timezone
-
-    folder = fetch_dir(str(model_dir))
-    try:
-        meta = json.loads((folder / "model.json").read_text())
-        moment = datetime.fromisoformat(str(meta["cutoff"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return utc_moment(model_meta(model_dir).get("cutoff"))
 
 
 def training_day(model_dir: str | Path) -> Any:
     """The features day a model folder records (``model.json`` ``features.day``), or None."""
-    import json
     from datetime import date
 
-    folder = fetch_dir(str(model_dir))
+    features = model_meta(model_dir).get("features")
     try:
-        meta = json.loads((folder / "model.json").read_text())
-        return date.fromisoformat(str(meta["features"]["day"]))
-    except (OSError, ValueError, KeyError, TypeError):
+        return date.fromisoformat(str(features["day"]))
+    except (TypeError, ValueError, KeyError):
         return None
 
 

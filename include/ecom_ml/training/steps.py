@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 
 from ecom_ml.demand.steps import DemandSteps
@@ -219,14 +219,6 @@ def build_features(model: str, cfg: TrainingSettings, day: date, run_id: str) ->
     return {"day": day.isoformat(), "features_uri": cfg.lake_root, "out_uri": run_dir(cfg, model, day, run_id), **built}
 
 
-def _cutoff(text: Any) -> datetime | None:
-    try:
-        moment = datetime.fromisoformat(str(text))
-    except (TypeError, ValueError):
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-
 def _day_text(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d") if moment.time() == datetime.min.time() else moment.strftime("%Y-%m-%d %H:%M")
 
@@ -238,7 +230,9 @@ def check_not_leaked(model: str, day: date, trained: dict[str, Any], holdout_sta
     is strictly before it), so a trainer run with another holdout — a stale Variable, a hand-run
     ``--holdout-days``, a refit on everything — is caught whatever the reason.
     """
-    cutoff = _cutoff((trained.get("features") or {}).get("cutoff"))
+    from ecom_ml.models import utc_moment
+
+    cutoff = utc_moment((trained.get("features") or {}).get("cutoff"))
     if cutoff is None:
         raise LeakedHoldout(f"{model} {day}: the candidate's return.json names no training cutoff "
                             f"(features.cutoff), so it cannot be shown not to overlap the holdout")
