@@ -52,11 +52,24 @@ def pipeline(pg_server, scratch_dbs, tmp_path_factory):
     return env
 
 
+#: The training Variables at their defaults, as environment Variables (which win over the metadata
+#: DB): the local stack's DB may hold others (`make demo` sets a 14-day window), and these tests must
+#: not depend on it. A test that wants other values sets them before calling ``_dag``.
+DEFAULT_VARIABLES = {"AIRFLOW_VAR_ECOM_RECOMMENDER_WINDOW_DAYS": "90",
+                     "AIRFLOW_VAR_ECOM_RECOMMENDER_HOLDOUT_DAYS": "7",
+                     "AIRFLOW_VAR_ECOM_RECOMMENDER_HISTORY_LEN": "20"}
+
+
 def _dag(monkeypatch, env: dict[str, str]):
+    import os
+
     from airflow.dag_processing.dagbag import DagBag
 
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    for key, value in DEFAULT_VARIABLES.items():
+        if key not in os.environ:
+            monkeypatch.setenv(key, value)
     bag = DagBag(dag_folder=str(Path(__file__).resolve().parents[1] / "dags"))
     assert bag.import_errors == {}
     return bag.get_dag("train_recommender")
