@@ -339,10 +339,9 @@ def test_the_trainer_imports_need_no_airflow_configuration(tmp_path: Path):
             "lake.write('features', 'x', date(2024, 1, 1), {'t': pa.table({'a': [1]})}); "
             "assert lake.read('features', 'x', date(2024, 1, 1))['t'].num_rows == 1; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'airflow'), flush=True); "
-            # Leave without interpreter teardown: native threads of the numeric libraries have aborted
-            # it now and then ("terminate called without an active exception"), which says nothing
-            # about what this test checks.
-            "import os; os._exit(0)")
+            # Leave as the trainer does (ecom_ml.process.leave): native thread pools have aborted
+            # interpreter teardown now and then, which says nothing about what this test checks.
+            "from ecom_ml.process import leave; leave(0)")
     env = {**os.environ, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "airflow-db-not-allowed:///"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

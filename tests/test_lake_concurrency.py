@@ -46,7 +46,7 @@ def _writer(root: str, writer: int, writes: int, start: float, out: multiprocess
             lake.write(RAW, "orders", DAY, tables)
         except Exception as exc:  # noqa: BLE001 - counted and reported by the test
             failures.append(f"{type(exc).__name__}: {exc}")
-    out.put(("write", writes, failures))
+    _report_and_leave(out, ("write", writes, failures))
 
 
 def _reader(root: str, done, out: multiprocessing.Queue) -> None:  # noqa: ANN001 - an Event
@@ -62,7 +62,19 @@ def _reader(root: str, done, out: multiprocessing.Queue) -> None:  # noqa: ANN00
         except Exception as exc:  # noqa: BLE001 - counted and reported by the test
             failures.append(f"{type(exc).__name__}: {exc}")
         reads += 1
-    out.put(("read", reads, failures))
+    _report_and_leave(out, ("read", reads, failures))
+
+
+def _report_and_leave(out: multiprocessing.Queue, result: tuple) -> None:
+    """Hand the result over, then exit as the trainer does (``ecom_ml.process.leave``): pyarrow's
+    thread pools have aborted interpreter teardown of these children once in CI (SIGABRT after the
+    work was done and reported), which says nothing about the lake."""
+    from ecom_ml.process import leave
+
+    out.put(result)
+    out.close()
+    out.join_thread()
+    leave(0)
 
 
 def _race(root: str, writes: int, readers: int = 2) -> dict[str, tuple[int, list[str]]]:

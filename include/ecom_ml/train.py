@@ -166,4 +166,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ecom_ml.process import leave
+
+    leave(main())  # not sys.exit: see ecom_ml.process (a finished trainer must not abort at teardown)
