@@ -34,7 +34,8 @@ from ecom_ml.gate import evaluate_gate
 from ecom_ml.generator import GeneratorConfig, generate, parse_injections
 from ecom_ml.ingest.extract import extract_day
 from ecom_ml.lake import Lake
-from ecom_ml.training.steps import RecommenderSteps, TrainingSettings
+from ecom_ml.models.recommender_steps import RecommenderSteps
+from ecom_ml.training.steps import TrainingSettings
 
 FIRST_DAY = date(2024, 1, 1)
 

@@ -54,6 +54,7 @@ class ModelKind:
     description: str
     trainer: str  # "module:function", function(TrainRequest) -> dict
     loader: str  # "module:function", function(model_dir_uri) -> model object
+    steps: str  # "module:Class", what the kind contributes to its training DAG (ecom_ml.training.steps.ModelSteps)
     params: str | None = None  # "module:Class", a dataclass of the trainer's parameters and defaults
 
     def train(self, request: TrainRequest) -> dict[str, Any]:
@@ -62,6 +63,10 @@ class ModelKind:
     def load(self, model_dir: str) -> Any:
         return _resolve(self.loader)(model_dir)
 
+    def load_steps(self) -> Any:
+        """The kind's training-DAG steps (features, evaluation): imported only when a task runs."""
+        return _resolve(self.steps)()
+
     def defaults(self) -> dict[str, Any]:
         """The trainer's default parameters (for --help and reports); empty when it declares none."""
         from dataclasses import asdict
@@ -69,13 +74,15 @@ class ModelKind:
         return asdict(_resolve(self.params)()) if self.params else {}
 
 
-#: Model kinds by name; each kind's code lives in its own modules (propensity will join here).
+#: Model kinds by name: the one entry a kind adds. Each kind's code (trainer, loader, training-DAG
+#: steps, parameters) lives in its own modules, named here as strings so nothing heavy is imported.
 REGISTRY: dict[str, ModelKind] = {
     "recommender": ModelKind(
         name="recommender",
         description="two-tower retrieval with a learned repeat-purchase bias (Keras 3)",
         trainer="ecom_ml.models.recommender:train",
         loader="ecom_ml.models.recommender:load_recommender",
+        steps="ecom_ml.models.recommender_steps:RecommenderSteps",
         params="ecom_ml.models.recommender:TrainParams",
     ),
     "demand": ModelKind(
@@ -83,6 +90,7 @@ REGISTRY: dict[str, ModelKind] = {
         description="global weekly demand forecaster, p50 and p90 of the next 4 weeks (Keras 3)",
         trainer="ecom_ml.demand.model:train",
         loader="ecom_ml.demand.model:load_forecaster",
+        steps="ecom_ml.demand.steps:DemandSteps",
         params="ecom_ml.demand.model:DemandTrainParams",
     ),
 }

@@ -2,10 +2,10 @@
 ``gate`` → ``promote``.
 
 What differs per model kind is declared elsewhere, never here: the kind itself (trainer, loader,
-parameters) in ``ecom_ml.models.REGISTRY``, its features and evaluation in
-``ecom_ml.training.steps.STEPS``, its thresholds in ``ecom_ml/gates/<model>.yaml`` and its
-settings as the Variables ``ecom_<model>_window_days/_holdout_days/_history_len``. So a second model
-kind is a registry entry, a steps entry, a gate file and a two-line DAG file; the task ids, the
+parameters, features and evaluation steps) in ``ecom_ml.models.REGISTRY``, its thresholds in
+``ecom_ml/gates/<model>.yaml`` and its settings as the Variables
+``ecom_<model>_window_days/_holdout_days/_history_len``. So a new model
+kind is its own folder, a registry entry, a gate file and a two-line DAG file; the task ids, the
 ``day`` param, the schedule on the ``orders_validated`` Asset, the deadline alert, the retries and
 the failure alerts are the same for all of them, which is what lets the Models view, the alerts,
 the deadline callback and ``ecom-ml rollback/history`` work for every kind without per-model code.

@@ -181,13 +181,13 @@ def gather(request: Request, user: BaseUser, *, candidates: int, trend_days: int
     """Everything the page shows, each section gathered (and failing) on its own."""
     from ecom_ml import mlflow_server
     from ecom_ml.lake import Lake
-    from ecom_ml.training.steps import STEPS
+    from ecom_ml import models
 
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     uri = mlflow_server.redact(mlflow_server.tracking_uri())
     reg = None
     mlflow_error = None
-    names = sorted(STEPS)
+    names = models.names()
     try:
         reg = data.open_registry()
         names = data.known_models(reg)

@@ -285,9 +285,9 @@ def primary_higher_is_better(model: str) -> bool:
 def known_models(reg: Registry) -> list[str]:
     """Models with training steps (they have a DAG, even before a first version) and every registered
     model ecom-ml created (tag ``ecom.model``), sorted."""
-    from ecom_ml.training.steps import STEPS
+    from ecom_ml import models
 
-    names = set(STEPS)
+    names = set(models.names())
     with _reading("listing registered models", reg.uri):
         found = reg.client.search_registered_models(max_results=1000)
     names.update(rm.name for rm in found if TAG_MODEL in (rm.tags or {}))
