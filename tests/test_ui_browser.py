@@ -3,9 +3,12 @@
 The stack is Airflow's own api-server, scheduler, dag-processor and triggerer on a metadata
 database of its own, the real orders database (generated days), a lake and an MLflow registry on
 the project's PostgreSQL. Everything the Models view shows is what the DAGs produced from the UI:
-a person ingests a day and backfills the history, triggers train_recommender for a day (the real
-trainer, gate and promotion run through the scheduler), changes a training Variable and trains
-again, and the Models view shows the first run's champion and the second run's rejected candidate.
+a person ingests a day and backfills the history, asks for approval of every promotion (the
+Variable ``ecom_recommender_approval``), triggers train_recommender for a day (the real trainer,
+gate and promotion run through the scheduler) and approves its candidate in Required Actions,
+changes a training Variable and trains again (the gate rejects it), restores it and trains a third
+time, rejects that candidate in Required Actions, and the Models view shows the first run's
+champion and the second run's rejected candidate; the registry records both people's decisions.
 Screenshots of every step land in `tests/artifacts/` (the README shows some).
 """
 
@@ -186,9 +189,15 @@ def test_a_person_loads_history_trains_and_reads_the_models_view(ui, browser, mo
         page.wait_for_timeout(2000)
         _shot(page, "04-backfilled-grid")
 
-        # 4. Train for the triggered day from train_recommender's Trigger form (it unpauses the DAG):
-        #    the real trainer, evaluation, gate and promotion, through the scheduler.
+        # 4. Every promotion of the recommender waits for a person (the Variable overrides the gate
+        #    YAML's `approval: never`). Train for the triggered day from train_recommender's Trigger
+        #    form (it unpauses the DAG): the real trainer, evaluation and gate through the scheduler;
+        #    then the person approves the candidate in Required Actions and it is promoted.
+        made = page.request.post(f"{ui['url']}/api/v2/variables",
+                                 data={"key": "ecom_recommender_approval", "value": "always"})
+        assert made.ok, made.text()
         first = _trigger_training(page, ui["url"], TRIGGERED_DAY)
+        _respond(page, first, "Approve", "07-approval-requested")
         _wait_run_end(page, first)
         _shot(page, "05-training-succeeded")
 
@@ -200,15 +209,38 @@ def test_a_person_loads_history_trains_and_reads_the_models_view(ui, browser, mo
         second = _trigger_training(page, ui["url"], TRIGGERED_DAY)
         _wait_run_end(page, second, want="Failed")
 
+        # 5b. The window back as it was, a third run: its candidate passes the gate, and the person
+        #     rejects it in Required Actions; promote is skipped and the champion stays.
+        restored = page.request.patch(f"{ui['url']}/api/v2/variables/ecom_recommender_window_days",
+                                      data={"key": "ecom_recommender_window_days", "value": str(WINDOW_DAYS)})
+        assert restored.ok, restored.text()
+        third = _trigger_training(page, ui["url"], TRIGGERED_DAY)
+        _respond(page, third, "Reject", "08-rejection")
+        _wait_run_end(page, third)
+        assert _task_state(page, third, "promote") == "skipped"
+
         # 6. The Models view, from Airflow's navigation: the champion is the first run's version,
         #    the second run's candidate is listed with its failed gate.
         for key, value in ui["overrides"].items():
             monkeypatch.setenv(key, value)  # the test's own registry reads (the page is what is checked)
-        ours = registry.get_registry().client.search_model_versions("name = 'recommender'")
+        from ecom_ml import decisions
+
+        reg = registry.get_registry()
+        ours = reg.client.search_model_versions("name = 'recommender'")
         by_run = {v.tags["airflow_run_id"]: v for v in ours}
         promoted = by_run[first.rsplit("/runs/", 1)[1]]
         rejected_version = by_run[second.rsplit("/runs/", 1)[1]]
+        refused_by_person = by_run[third.rsplit("/runs/", 1)[1]]
         assert promoted.tags["gate"] == "passed" and rejected_version.tags["gate"] == "failed"
+        assert refused_by_person.tags["gate"] == "passed"
+        # The history: both decisions by the person who answered, one promotion (the approved one).
+        said = [(d["version"], d["decision"], d["actor"]) for d in decisions.decisions(reg, "recommender")]
+        assert said == [(int(promoted.version), "approved", ui["user"]),
+                        (int(refused_by_person.version), "rejected", ui["user"])]
+        moves = registry.history("recommender")
+        assert [(e["action"], e["version"]) for e in moves] == [("promote", int(promoted.version))]
+        assert f"approved by {ui['user']}" in moves[0]["reason"]
+        assert reg.champion_version("recommender") == int(promoted.version)
         page.goto(ui["url"] + "/")
         page.get_by_role("link", name="Models").or_(page.get_by_role("button", name="Models")).first.click()
         page.wait_for_url("**/models**")
@@ -219,10 +251,38 @@ def test_a_person_loads_history_trains_and_reads_the_models_view(ui, browser, mo
         assert section.get_by_test_id("champion-version").inner_text().strip().lstrip("v") == str(promoted.version)
         rejected = section.locator(f"[data-testid=candidate-row][data-version='{rejected_version.version}']")
         assert "failed" in rejected.inner_text().lower()
+        decided = section.locator(f"[data-testid=candidate-row][data-version='{refused_by_person.version}']")
+        assert decided.get_by_test_id("decision").inner_text().strip() == f"rejected by {ui['user']}"
         assert view.locator("[data-testid=dq-row]", has_text=TRIGGERED_DAY.isoformat()).count() == 1
         _shot(page, "06-models-view")
     finally:
         context.close()
+
+
+def _task_state(page, run_url: str, task_id: str) -> str | None:
+    """A task instance's state, read with the UI's own session from the REST API."""
+    run_id = run_url.rsplit("/runs/", 1)[1]
+    got = page.request.get(f"{run_url.split('/dags/', 1)[0]}/api/v2/dags/train_recommender/dagRuns/{run_id}"
+                           f"/taskInstances/{task_id}")
+    return got.json().get("state") if got.ok else None
+
+
+def _respond(page, run_url: str, option: str, shot: str, timeout: float = 900) -> None:
+    """Wait until the run's ``approve`` task asks for a person, then answer ``option`` in its
+    Required Actions tab, the way a person does (the gate report is the request's body)."""
+    deadline = time.monotonic() + timeout
+    while (state := _task_state(page, run_url, "approve")) != "awaiting_input":
+        assert state not in ("failed", "upstream_failed", "success", "skipped"), f"approve ended {state} unasked"
+        assert time.monotonic() < deadline, f"approve did not ask for a person within {timeout:.0f} s ({state})"
+        page.wait_for_timeout(3000)
+    page.goto(f"{run_url}/tasks/approve/required_actions")
+    page.get_by_text("Gate PASSED").first.wait_for()  # the body: the gate report
+    _shot(page, shot)
+    page.get_by_role("button", name=option, exact=True).click()
+    deadline = time.monotonic() + 120
+    while _task_state(page, run_url, "approve") == "awaiting_input":
+        assert time.monotonic() < deadline, f"the {option!r} answer did not resume the approve task"
+        page.wait_for_timeout(1000)
 
 
 def _wait_backfill(page, url: str, timeout: float = 300) -> None:

@@ -39,6 +39,10 @@ point estimates.
     candidate.cost.model_bytes / p99_ms within budget: a better model that costs ten times more to
     serve is not automatically better. ``null`` in the YAML disables a budget ("n/a").
 
+**A person.** ``approval: never | borderline | always`` (with ``approval_distance``,
+``approval_on_drift``, ``approval_timeout_hours``) says when a *passed* candidate still waits for a
+person's approval before promotion; the decision is ``ecom_ml.approval.decide``'s, not a check here.
+
 Missing or non-finite values fail their check (with the reason in ``detail``) rather than raising:
 a report that shows *what* was missing is more useful in an alert than a traceback.
 Only stdlib and PyYAML are imported at module level, so DAG files may import this module at parse
@@ -57,12 +61,15 @@ from typing import Any
 
 import yaml
 
+from ecom_ml.approval import MODES, ApprovalConfigError, ApprovalPolicy, check_mode
 from ecom_ml.errors import EcomError
 
 _REQUIRED_KEYS = ("model", "primary_metric", "baseline_margin", "champion_tolerance", "slices",
                   "max_model_bytes", "max_p99_ms")
 _OPTIONAL_KEYS: dict[str, Any] = {"higher_is_better": True, "confidence_level": None, "bootstrap_resamples": 1000,
-                                  "bootstrap_seed": 0, "ungated_baselines": [], "bands": {}}
+                                  "bootstrap_seed": 0, "ungated_baselines": [], "bands": {},
+                                  "approval": "never", "approval_distance": 0.02, "approval_on_drift": True,
+                                  "approval_timeout_hours": 24}
 NO_CHAMPION = "no champion yet (first model)"
 
 
@@ -104,6 +111,8 @@ class GateConfig:
     bootstrap_seed: int = 0
     #: metric (dotted path) -> (low, high): the candidate's value must lie within, inclusive.
     bands: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    #: When a passed candidate still waits for a person (see ecom_ml.approval).
+    approval: ApprovalPolicy = field(default_factory=ApprovalPolicy)
     #: Where the values came from, for messages and the report.
     source: str = "<dict>"
 
@@ -234,6 +243,20 @@ class GateConfig:
                 raise fail(f"bands.{metric}", f"must be [low, high] with low <= high, got {bounds!r}")
             bands[str(metric)] = (float(bounds[0]), float(bounds[1]))
 
+        try:
+            mode = check_mode(data.get("approval", _OPTIONAL_KEYS["approval"]), "approval")
+        except ApprovalConfigError:
+            raise fail("approval", f"must be one of {', '.join(MODES)}, got {data.get('approval')!r}") from None
+        distance = data.get("approval_distance", _OPTIONAL_KEYS["approval_distance"])
+        if not _is_number(distance) or not 0 <= distance < 1:
+            raise fail("approval_distance", f"must be a number in [0, 1) such as 0.02, got {distance!r}")
+        on_drift = data.get("approval_on_drift", _OPTIONAL_KEYS["approval_on_drift"])
+        if not isinstance(on_drift, bool):
+            raise fail("approval_on_drift", f"must be true or false, got {on_drift!r}")
+        timeout = data.get("approval_timeout_hours", _OPTIONAL_KEYS["approval_timeout_hours"])
+        if not _is_number(timeout) or not 0 < timeout <= 24 * 14:
+            raise fail("approval_timeout_hours", f"must be a number of hours in (0, 336], got {timeout!r}")
+
         return cls(
             model=model,
             primary_metric=primary,
@@ -248,6 +271,7 @@ class GateConfig:
             bootstrap_seed=seed,
             ungated_baselines=tuple(ungated),
             bands=bands,
+            approval=ApprovalPolicy(mode, float(distance), on_drift, float(timeout)),
             source=source,
         )
 
@@ -266,6 +290,7 @@ class GateConfig:
             "bootstrap_seed": self.bootstrap_seed,
             "ungated_baselines": list(self.ungated_baselines),
             "bands": {m: list(b) for m, b in self.bands.items()},
+            **self.approval.to_dict(),
             "source": self.source,
         }
 

@@ -1005,13 +1005,22 @@ def _cmd_history(args: argparse.Namespace) -> int:
         if check.version is not None and not check.verified:
             print(f"ecom-ml: warning: {check.line()}", file=sys.stderr)
         return 0 if check.verified or check.version is None else 3
+    from ecom_ml import decisions
+
     if not events:
         print(f"{args.model}: no promotions on record")
+    lines = []
     for event in events:
         previous = f"v{event['previous_champion']}" if event.get("previous_champion") else "none"
         late = "  (recorded after the move)" if event.get("recorded_after_the_move") else ""
-        print(f"{event['at']}  {event['action']:<8} v{event['version']:<4} (was {previous})  "
-              f"by {event.get('actor')}: {event.get('reason')}{late}")
+        lines.append((event["at"], f"{event['at']}  {event['action']:<8} v{event['version']:<4} (was {previous})  "
+                                   f"by {event.get('actor')}: {event.get('reason')}{late}"))
+    # People's decisions (approved, rejected, timed out, refused) between the moves, by time.
+    for event in decisions.decisions(get_registry(), args.model):
+        lines.append((event["at"], f"{event['at']}  {event['decision']:<8} v{event['version']:<4}            "
+                                   f"by {event.get('actor')}: {event.get('reason')}"))
+    for _, line in sorted(lines, key=lambda item: item[0]):
+        print(line)
     if check.version is not None and not check.verified:
         print(f"!! {check.line()}")
         return 3
@@ -1049,7 +1058,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     rb.set_defaults(func=_cmd_rollback)
 
     hist = subparsers.add_parser(
-        "history", help="a model's promotions and rollbacks: who, when, why",
+        "history", help="a model's promotions, rollbacks and approval decisions: who, when, why",
         description="Exits 3 (with a line starting '!!') when the current champion is not verified: its "
         "version has no passing gate record, or its alias move is not in the history.",
     )

@@ -1,5 +1,5 @@
 """One function builds every model kind's training DAG: ``features`` → ``train`` → ``evaluate`` →
-``gate`` → ``promote``.
+``gate`` → ``approve`` → ``promote``.
 
 What differs per model kind is declared elsewhere, never here: the kind itself (trainer, loader,
 parameters, features and evaluation steps) in ``ecom_ml.models.REGISTRY``, its thresholds in
@@ -21,13 +21,14 @@ from typing import Any
 import pendulum
 from airflow.sdk import DAG, Param, dag, task
 
+from ecom_ml.approval_operator import PromotionApproval
 from ecom_ml.assets import ORDERS_VALIDATED
 from ecom_ml.dag_defaults import default_args
 from ecom_ml.deadlines import training_deadlines
 from ecom_ml.k8s_training import training_operator
 
 #: Task ids of every training DAG (alerts, the deadline callback and the tests rely on them).
-TASK_IDS = ("features", "train", "evaluate", "gate", "promote")
+TASK_IDS = ("features", "train", "evaluate", "gate", "approve", "promote")
 START_DATE = pendulum.datetime(2024, 1, 1, tz="UTC")
 
 
@@ -100,21 +101,32 @@ def training_dag(model: str, *, doc_md: str, owner: str = "ml-engineering") -> D
 
             from airflow.sdk.exceptions import AirflowFailException
 
+            from airflow.sdk import Variable
+
+            from ecom_ml.approval import check_mode
             from ecom_ml.training.steps import GateFailed, gate_and_register
 
+            variable = f"ecom_{name}_approval"
+            raw = Variable.get(variable, default=None)
+            mode = check_mode(raw, f"Airflow Variable {variable}") if raw not in (None, "") else None
             try:
                 return gate_and_register(name, date.fromisoformat(built["day"]), run_id,
-                                         {**trained, "out_uri": built["out_uri"]}, evaluation)
+                                         {**trained, "out_uri": built["out_uri"]}, evaluation, approval_mode=mode)
             except GateFailed as exc:
                 raise AirflowFailException(str(exc)) from None
 
         @task
-        def promote(gated: dict, run_id: Any = None) -> dict:
+        def promote(gated: dict, approved: dict, run_id: Any = None) -> dict:
             from ecom_ml.training.steps import promote
 
-            return promote(name, gated, run_id)
+            return promote(name, gated, run_id, approved)
 
         evaluation = evaluate(built, train.output)
-        promote(gate(built, train.output, evaluation))
+        gated = gate(built, train.output, evaluation)
+        # A person approves first only when the gate asks (ecom_ml.approval): a Required Action in
+        # the UI; a rejection skips promote, no answer in time fails this task (and alerts).
+        approve = PromotionApproval(task_id="approve", model=name, retries=0)
+        gated >> approve
+        promote(gated, approve.output)
 
     return training()

@@ -241,13 +241,23 @@ def evaluate(model: str, lake_root: str, day: date, trained: dict[str, Any]) -> 
 
 
 def gate_and_register(model: str, day: date, run_id: str, trained: dict[str, Any],
-                      evaluation: dict[str, Any]) -> dict[str, Any]:
-    """Register the candidate with its gate report; raise GateFailed (report attached) when it fails."""
+                      evaluation: dict[str, Any], approval_mode: str | None = None) -> dict[str, Any]:
+    """Register the candidate with its gate report; raise GateFailed (report attached) when it fails.
+
+    A passed result carries ``approval`` (``ecom_ml.approval.decide``: does a person approve it
+    first, and why; ``approval_mode`` is the Variable's override of the gate YAML's mode) and
+    ``champion_at_gate``, the champion it was compared with, so that an approval given after the
+    champion changed can be refused.
+    """
     from ecom_ml import registry
+    from ecom_ml.approval import decide
     from ecom_ml.gate import GateConfig, evaluate_gate
     from ecom_ml.models import write_text
 
-    report = evaluate_gate(GateConfig.load(model), evaluation["candidate"], evaluation.get("champion"),
+    config = GateConfig.load(model)
+    # The champion the evaluation compared with (re-scored, or set aside as overlapping the holdout).
+    champion_at_gate = (evaluation.get("champion") or evaluation.get("champion_unusable") or {}).get("version")
+    report = evaluate_gate(config, evaluation["candidate"], evaluation.get("champion"),
                            evaluation["baselines"],
                            champion_unusable=(evaluation.get("champion_unusable") or {}).get("reason"))
     out = trained["out_uri"].rstrip("/")
@@ -265,7 +275,8 @@ def gate_and_register(model: str, day: date, run_id: str, trained: dict[str, Any
     # `promote` may move the alias; promote checks that record itself.
     registry.attach_gate_report(candidate, json.loads(report.to_json()))
     result = {"version": candidate.version, "passed": report.passed, "summary": report.summary_line(),
-              "report": f"{out}/gate_report.md", "day": day.isoformat()}
+              "report": f"{out}/gate_report.md", "day": day.isoformat(), "champion_at_gate": champion_at_gate,
+              "approval": decide(report.to_dict(), config.approval, evaluation.get("drift"), approval_mode)}
     if not report.passed:
         raise GateFailed(f"{model} {day}: gate failed for version {candidate.version}: {report.summary_line()} "
                          f"(report: {out}/gate_report.md)")
@@ -283,11 +294,14 @@ def _drift_section(drift: dict[str, Any] | None) -> str:
     return "\n" + render_markdown(drift)
 
 
-def promote(model: str, gated: dict[str, Any], run_id: str) -> dict[str, Any]:
+def promote(model: str, gated: dict[str, Any], run_id: str, approved: dict[str, Any] | None = None) -> dict[str, Any]:
     """Move the champion alias to the gated version. Safe to retry at any point: a retry after MLflow
-    failed mid-promotion completes the history event and version tags instead of doing nothing."""
+    failed mid-promotion completes the history event and version tags instead of doing nothing.
+    ``approved`` is the approval task's result; a person's approval is named in the reason."""
     from ecom_ml import registry
 
-    registry.promote(model, gated["version"], reason=f"gate passed on {gated['day']}: {gated['summary']}",
+    by = (approved or {}).get("by")
+    approval = f"; approved by {by}" if by and by != "gate" else ""
+    registry.promote(model, gated["version"], reason=f"gate passed on {gated['day']}: {gated['summary']}{approval}",
                      actor=f"airflow:train_{model}/{run_id}")
     return {"model": model, "champion": gated["version"], "day": gated["day"]}

@@ -137,6 +137,8 @@ class Candidate:
     #: Was champion at some point (a promotion or rollback on record).
     was_champion: bool
     mlflow_url: str | None = None
+    #: A person's decision on it (ecom_ml.decisions): "approved by ada", "rejected by bob", "timed_out by airflow".
+    decision: str | None = None
 
 
 @dataclass(frozen=True)
@@ -320,6 +322,13 @@ def _verdict(tags: Mapping[str, str]) -> str:
     return tags.get(TAG_GATE) if tags.get(TAG_GATE) in ("passed", "failed") else "unknown"
 
 
+def _decision(tags: Mapping[str, str]) -> str | None:
+    from ecom_ml.decisions import TAG_DECIDED_BY, TAG_DECISION
+
+    decision = tags.get(TAG_DECISION)
+    return f"{decision.replace('_', ' ')} by {tags.get(TAG_DECIDED_BY, 'unknown')}" if decision else None
+
+
 def _versions(reg: Registry, model: str) -> list[Any]:
     """The newest :data:`MAX_VERSIONS` versions, newest first."""
     with _reading(f"listing versions of {model}", reg.uri):
@@ -429,7 +438,7 @@ def model_view(reg: Registry, model: str, *, candidates: int = DEFAULT_CANDIDATE
             version=version, run_id=mv.run_id, day=tags.get(TAG_DAY), registered_at=_iso_ms(mv.creation_timestamp),
             airflow_run_id=tags.get(TAG_AIRFLOW_RUN), gate=_verdict(tags), gate_summary=tags.get(TAG_GATE_SUMMARY, ""),
             metrics=values(mv.run_id), is_champion=version == champion_version, was_champion=version in ever_champion,
-            mlflow_url=mlflow_url(reg, model, version),
+            mlflow_url=mlflow_url(reg, model, version), decision=_decision(tags),
         ))
 
     trend = []

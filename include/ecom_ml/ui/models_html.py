@@ -225,6 +225,8 @@ def _candidates_table(view: ModelView, links: Links) -> str:
             if c.gate != "unknown" else '<span class="muted small">none</span>'
         cells = "".join(f'<td class="num">{e(fmt(c.metrics.get(m)))}</td>' for m in view.metrics)
         summary = f'<div class="muted small">{e(c.gate_summary)}</div>' if c.gate_summary else ""
+        if c.decision:
+            summary += f'<div class="small" data-testid="decision">{e(c.decision)}</div>'
         row_class = ' class="is-champion"' if c.is_champion else ""
         rows.append(
             f'<tr data-testid="candidate-row" data-version="{c.version}" data-gate="{e(c.gate)}"{row_class}>'
