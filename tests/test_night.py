@@ -76,7 +76,7 @@ def test_a_night_trains_and_promotes_through_the_scheduler(flavour, request, pg_
     try:
         run_id = night.run_night(days)
         states = night.task_states("train_recommender", run_id)
-        assert states == dict.fromkeys(("features", "train", "evaluate", "gate", "promote"), "success"), (
+        assert states == dict.fromkeys(("features", "train", "evaluate", "gate", "approve", "promote"), "success"), (
             states, night.task_log("train_recommender", run_id, "train")[-4000:])
         train_log = night.task_log("train_recommender", run_id, "train")
         queues = {r.queue for r in night.query("SELECT DISTINCT queue FROM task_instance")}

@@ -78,7 +78,7 @@ def test_both_training_dags_come_from_one_factory_with_the_same_shape(monkeypatc
     bag = _dags(monkeypatch, {})
     demand, recommender = bag.get_dag("train_demand"), bag.get_dag("train_recommender")
     for dag, model in ((demand, "demand"), (recommender, "recommender")):
-        assert set(dag.task_ids) == {"features", "train", "evaluate", "gate", "promote"}
+        assert set(dag.task_ids) == {"features", "train", "evaluate", "gate", "approve", "promote"}
         assert set(dag.params) == {"day"}
         assert list(dag.timetable.asset_condition.objects) == [ORDERS_VALIDATED]
         assert model in dag.tags and dag.max_active_runs == 1
