@@ -75,6 +75,19 @@ def _dag(monkeypatch, env: dict[str, str]):
     return bag.get_dag("train_recommender")
 
 
+def _ml_rows(env: dict[str, str]) -> tuple[int, int, int]:
+    """(rows, lowest, highest model version) of ml.recommendations in the pipeline's orders DB."""
+    import psycopg2
+
+    conn = psycopg2.connect(env["AIRFLOW_CONN_ORDERS_DB"])
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*), min(model_version), max(model_version) FROM ml.recommendations")
+            return cur.fetchone()
+    finally:
+        conn.close()
+
+
 def _states(run) -> dict[str, str]:
     return {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
 
@@ -103,6 +116,10 @@ def test_first_model_is_promoted_then_a_worse_candidate_is_blocked(pipeline, mon
     gated = _xcom(first, "gate")
     champion = registry.champion("recommender", download=False)
     assert champion is not None and champion.version == gated["version"]
+    # The champion's top-N per active customer is in the orders DB, every row of this version.
+    published = _xcom(first, "publish")
+    assert published["version"] == champion.version and published["table"] == "ml.recommendations", published
+    assert _ml_rows(pipeline) == (published["rows"], champion.version, champion.version)
     out = Path(_xcom(first, "features")["out_uri"].removeprefix("file://"))
     report = json.loads((out / "gate_report.json").read_text())
     assert report["passed"] is True
@@ -117,7 +134,9 @@ def test_first_model_is_promoted_then_a_worse_candidate_is_blocked(pipeline, mon
     second = dag.test(run_conf={"day": LAST.isoformat()})
     states = _states(second)
     assert states["gate"] == "failed" and states["promote"] == "upstream_failed", states
+    assert states["publish"] == "upstream_failed", states
     assert registry.champion("recommender", download=False).version == champion.version, "the champion must stay"
+    assert _ml_rows(pipeline) == (published["rows"], champion.version, champion.version), "and its predictions"
     out2 = Path(_xcom(second, "features")["out_uri"].removeprefix("file://"))
     # The evaluation records the drift of this run's window against the champion's training window,
     # and the gate report shows it (the first run had no champion to compare with).

@@ -1,5 +1,13 @@
 """One function builds every model kind's training DAG: ``features`` → ``train`` → ``evaluate`` →
-``gate`` → ``promote``.
+``gate`` → ``promote`` → ``publish``.
+
+``publish`` (the champion's batch predictions into ``ml.<table>`` of the orders DB, see
+``ecom_ml.publishing``) is a task of this DAG after ``promote`` rather than a DAG scheduled on a
+``<model>_champion`` Asset: the night's run then shows, in one grid row, whether the shop got the
+new model's output; a failed publish fails *that* run (retried like every task, alerted by the same
+failure callback, the previous set left in place) instead of a second DAG whose run nobody
+connects to the promotion; and there is no Asset event to lose between two DAGs. A rollback is not a
+DAG run: ``ecom-ml rollback`` republishes itself (``ecom_ml.registry``).
 
 What differs per model kind is declared elsewhere, never here: the kind itself (trainer, loader,
 parameters, features and evaluation steps) in ``ecom_ml.models.REGISTRY``, its thresholds in
@@ -27,7 +35,7 @@ from ecom_ml.deadlines import training_deadlines
 from ecom_ml.k8s_training import training_operator
 
 #: Task ids of every training DAG (alerts, the deadline callback and the tests rely on them).
-TASK_IDS = ("features", "train", "evaluate", "gate", "promote")
+TASK_IDS = ("features", "train", "evaluate", "gate", "promote", "publish")
 START_DATE = pendulum.datetime(2024, 1, 1, tz="UTC")
 
 
@@ -103,8 +111,9 @@ def training_dag(model: str, *, doc_md: str, owner: str = "ml-engineering") -> D
             from ecom_ml.training.steps import GateFailed, gate_and_register
 
             try:
+                features = {"root": built["features_uri"], **(trained.get("features") or {})}
                 return gate_and_register(name, date.fromisoformat(built["day"]), run_id,
-                                         {**trained, "out_uri": built["out_uri"]}, evaluation)
+                                         {**trained, "out_uri": built["out_uri"], "features": features}, evaluation)
             except GateFailed as exc:
                 raise AirflowFailException(str(exc)) from None
 
@@ -114,7 +123,24 @@ def training_dag(model: str, *, doc_md: str, owner: str = "ml-engineering") -> D
 
             return promote(name, gated, run_id)
 
+        # The champion's predictions into the orders DB. Retried like any task (publishing is
+        # idempotent: it replaces the whole set); a failure leaves the previous set and alerts.
+        @task
+        def publish(built: dict, promoted: dict, run_id: Any = None) -> dict:
+            from datetime import date
+
+            from airflow.sdk import Connection
+
+            from ecom_ml.ingest.tasks import libpq_url
+            from ecom_ml.training.steps import publish_champion
+
+            return publish_champion(name, lake_root=built["features_uri"],
+                                    orders_url=libpq_url(Connection.get("orders_db")),
+                                    actor=f"airflow:train_{name}/{run_id}",
+                                    reason=f"promoted v{promoted['champion']} on {promoted['day']}",
+                                    day=date.fromisoformat(promoted["day"]), expect_version=promoted["champion"])
+
         evaluation = evaluate(built, train.output)
-        promote(gate(built, train.output, evaluation))
+        publish(built, promote(gate(built, train.output, evaluation)))
 
     return training()
