@@ -228,6 +228,37 @@ def test_a_champion_that_saw_todays_holdout_is_not_the_regression_reference(pipe
     assert "Champion not compared (n/a)" in (out / "gate_report.md").read_text()
 
 
+def test_rollback_republishes_the_previous_champions_predictions(pipeline, monkeypatch, capsys):
+    """The same night trained again is as good and promoted (its predictions replace the set);
+    ``ecom-ml rollback`` then puts the previous champion's predictions back, as one more publish."""
+    from ecom_ml import cli, registry
+
+    dag = _dag(monkeypatch, pipeline)
+    if registry.champion("recommender", download=False) is None:
+        assert str(dag.test(run_conf={"day": LAST.isoformat()}).state) == "success"
+    before = registry.champion("recommender", download=False).version
+    run = dag.test(run_conf={"day": LAST.isoformat()})
+    assert _states(run)["publish"] == "success", _states(run)
+    after = registry.champion("recommender", download=False).version
+    assert after != before and _ml_rows(pipeline)[1:] == (after, after)
+
+    monkeypatch.setenv("ECOM_ORDERS_DB_URL", pipeline["AIRFLOW_CONN_ORDERS_DB"])
+    code = cli.main(["rollback", "--model", "recommender", "--reason", "test the rollback", "--actor", "alice"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert f"champion v{after} -> v{before}" in out and f"of recommender v{before}" in out
+    rows, low, high = _ml_rows(pipeline)
+    assert rows > 0 and low == high == before, "the restored champion's set, nothing of the rolled-back one"
+    import psycopg2
+
+    conn = psycopg2.connect(pipeline["AIRFLOW_CONN_ORDERS_DB"])
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT model_version, published_by, reason FROM ml.publications ORDER BY publication_id DESC LIMIT 1")
+        logged = cur.fetchone()
+    conn.close()
+    assert logged[0] == before and logged[1] == "alice" and "rollback" in logged[2], logged
+
+
 @pytest.mark.parametrize(("env", "message"), [
     ({"AIRFLOW_VAR_ECOM_RECOMMENDER_HOLDOUT_DAYS": "a week"},
      "Airflow Variable ecom_recommender_holdout_days='a week' is not a whole number"),
