@@ -1015,7 +1015,12 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
     print(result.describe())
     if args.no_publish:
         return 0
+    from ecom_ml import models
     from ecom_ml.training.steps import publish_champion
+
+    if args.model not in models.REGISTRY:  # a registered model that no ecom-ml model kind trains
+        print(f"{args.model}: not an ecom-ml model kind ({', '.join(models.names())}); no predictions to republish")
+        return 0
 
     cfg = settings_mod.load()
     try:
