@@ -1,7 +1,7 @@
 """
 ### train_demand — weekly demand forecast per product, gated against classical forecasters
 
-`features` → `train` → `evaluate` → `gate` → `promote`
+`features` → `train` → `evaluate` → `gate` → `promote` → `publish`
 
 Runs whenever `orders_ingest` publishes a validated day (the `orders_validated` Asset), or by hand
 for any day (param `day`). This Airflow DAG is built by `ecom_ml.training.dag_factory.training_dag`,
@@ -17,6 +17,9 @@ the same function as `train_recommender`.
 * **gate** registers the candidate in MLflow with its gate report (`include/ecom_ml/gates/demand.yaml`:
   WAPE lower is better, p90 coverage band, size and latency budgets).
 * **promote** moves the `champion` alias of `demand`. `ecom-ml rollback --model demand` moves it back.
+* **publish** writes the champion's batch predictions (p50/p90 per product for the next 4 weeks) into the orders DB as
+  `ml.demand_forecasts`, swapped in atomically (`ecom_ml.publishing`); a failure leaves the previous set and
+  alerts. A rollback republishes the restored champion's.
 """
 
 from ecom_ml.training.dag_factory import training_dag

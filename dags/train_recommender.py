@@ -1,7 +1,7 @@
 """
 ### train_recommender — nightly candidate, honest evaluation, gated promotion
 
-`features` → `train` → `evaluate` → `gate` → `promote`
+`features` → `train` → `evaluate` → `gate` → `promote` → `publish`
 
 Runs whenever `orders_ingest` publishes a validated day (the `orders_validated` Asset), or by hand
 for any day (param `day`).
@@ -17,6 +17,9 @@ for any day (param `day`).
 * **gate** registers the candidate in MLflow with its gate report (thresholds in
   `include/ecom_ml/gates/recommender.yaml`) and fails the run visibly when a check fails.
 * **promote** moves the `champion` alias to the candidate. `ecom-ml rollback` moves it back.
+* **publish** writes the champion's batch predictions (top-50 per active customer) into the orders DB as
+  `ml.recommendations`, swapped in atomically (`ecom_ml.publishing`); a failure leaves the previous set and
+  alerts. A rollback republishes the restored champion's.
 
 A run that has not reached a gate verdict `ECOM_TRAINING_DEADLINE_HOURS` (default 6) after it was
 queued raises a deadline alert (`ecom_ml.deadlines`). This Airflow DAG is built by

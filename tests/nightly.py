@@ -15,7 +15,8 @@ The night itself (:meth:`NightStack.run_night`):
 3. ``train_recommender`` is unpaused and the last day's scheduled run is cleared, i.e. re-run by
    the scheduler exactly as that night ran it: its ``publish`` task emits the ``orders_validated``
    Asset event, which triggers ``train_recommender``; features → train (a real trainer subprocess
-   or a Celery worker's subprocess) → evaluate → gate → promote run through the executor.
+   or a Celery worker's subprocess) → evaluate → gate → promote → publish (the champion's batch
+   predictions into the orders DB's ``ml`` schema) run through the executor.
 
 Nothing in the pipeline's state is seeded by calling its functions: the lake, the features, the
 model and the registry entries are what the DAGs produced.

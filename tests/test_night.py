@@ -3,8 +3,11 @@
 One night (see ``tests/nightly.py``): the days before are backfilled, the scheduled ``orders_ingest``
 run of the last day publishes the ``orders_validated`` Asset, which triggers ``train_recommender``:
 features, the trainer as a real subprocess of the task (under Airflow 3's task supervisor, which
-denies task code the metadata DB), evaluation, gate and promotion. The test then asks the MLflow
-registry whether the ``champion`` alias moved to the version that very run registered.
+denies task code the metadata DB), evaluation, gate, promotion and publishing. The test then asks the
+MLflow registry whether the ``champion`` alias moved to the version that very run registered, and
+the orders DB whether ``ml.recommendations`` holds that version's top-50 for the night's day; with
+the LocalExecutor it also loads the champion with ``mlflow.pyfunc`` and ``mlflow models serve`` in
+fresh processes and checks their answers against the published rows.
 
 Three ways the deployable stack runs it:
 
@@ -76,7 +79,8 @@ def test_a_night_trains_and_promotes_through_the_scheduler(flavour, request, pg_
     try:
         run_id = night.run_night(days)
         states = night.task_states("train_recommender", run_id)
-        assert states == dict.fromkeys(("features", "train", "evaluate", "gate", "approve", "promote"), "success"), (
+        assert states == dict.fromkeys(("features", "train", "evaluate", "gate", "approve", "promote", "publish"),
+                                       "success"), (
             states, night.task_log("train_recommender", run_id, "train")[-4000:])
         train_log = night.task_log("train_recommender", run_id, "train")
         queues = {r.queue for r in night.query("SELECT DISTINCT queue FROM task_instance")}
@@ -111,9 +115,104 @@ def test_a_night_trains_and_promotes_through_the_scheduler(flavour, request, pg_
     moves = registry.history("recommender")
     assert moves[-1]["version"] == champion.version and run_id in moves[-1]["actor"]
 
+    # The champion's predictions reached the shop: ml.recommendations holds this version's set for
+    # the night's day, nothing else, and the publication log says the night's run put it there.
+    rows, low, high, published_day, customers = _query(
+        orders_url, "SELECT count(*), min(model_version), max(model_version), max(day), count(DISTINCT customer_id) "
+                    "FROM ml.recommendations")
+    assert rows > 0 and low == high == champion.version and published_day == days[-1], (rows, low, high, published_day)
+    assert rows == customers * 50, "top-50 for every active customer"
+    logged = _query(orders_url, "SELECT model_version, row_count, published_by FROM ml.publications "
+                                "WHERE table_name = 'recommendations' ORDER BY publication_id DESC LIMIT 1")
+    assert logged[0] == champion.version and logged[1] == rows and run_id in logged[2], logged
+    if flavour == "local":
+        _served_champion_answers_as_published(overrides, lake_root, days[-1], orders_url)
+
     # What the night produced is where it should be: every day validated, the night's features.
     lake = Lake(lake_root)
     assert lake.days(VALIDATED, "orders") == days
     assert lake.days(FEATURES, "recommender") == [days[-1]]
     night.timings["flavour"] = flavour  # type: ignore[assignment]
     print(f"night {flavour}: {night.timings}")
+
+
+def _query(url: str, sql: str) -> tuple:
+    import psycopg2
+
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(sql)
+            return cur.fetchone()
+    finally:
+        conn.close()
+
+
+def _served_champion_answers_as_published(env: dict[str, str], lake_root: str, day, orders_url: str) -> None:
+    """The night's champion, loaded by MLflow's own tools in fresh processes — ``mlflow.pyfunc.load_model``
+    and ``mlflow models serve --env-manager local`` answering ``/invocations`` over HTTP — gives the
+    rows ml.recommendations holds for the same customers (their inputs from the function the batch
+    uses)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    import psycopg2
+
+    from ecom_ml.lake import Lake
+    from ecom_ml.localhost import free_port
+    from ecom_ml.models.recommender_steps import RecommenderSteps
+
+    frame = RecommenderSteps().batch_inputs(Lake(lake_root), day).head(4)
+    ids = [int(c) for c in frame["customer_id"]]
+    conn = psycopg2.connect(orders_url)
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT customer_id, rank, product_id FROM ml.recommendations WHERE customer_id = ANY(%s) "
+                    "ORDER BY customer_id, rank", (ids,))
+        published = [tuple(r) for r in cur.fetchall()]
+    conn.close()
+    request = {"dataframe_split": {"columns": ["customer_id", "history"],
+                                   "data": [[c, [int(p) for p in h]] for c, h in zip(ids, frame["history"])]},
+               "params": {"k": 50}}
+    include = str(Path(__file__).resolve().parents[1] / "include")
+    child_env = {**os.environ, **{k: v for k, v in env.items() if k.startswith(("MLFLOW_", "ECOM_"))},
+                 "PYTHONPATH": include}
+
+    def rows(records: list[dict]) -> list[tuple]:
+        return sorted((int(r["customer_id"]), int(r["rank"]), int(r["product_id"])) for r in records)
+
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import json, sys, mlflow, pandas as pd; r = json.loads(sys.argv[1]); "
+         "m = mlflow.pyfunc.load_model('models:/recommender@champion'); "
+         "df = pd.DataFrame(r['dataframe_split']['data'], columns=r['dataframe_split']['columns']); "
+         "print('ANSWER' + m.predict(df, params=r['params']).to_json(orient='records'))", json.dumps(request)],
+        env=child_env, capture_output=True, text=True, timeout=300)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    answer = next(line for line in loaded.stdout.splitlines() if line.startswith("ANSWER"))
+    assert rows(json.loads(answer.removeprefix("ANSWER"))) == published
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/recommender@champion",
+                               "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+                              env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "mlflow models serve did not come up"
+                time.sleep(1)
+        call = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(request).encode(),
+                                      headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(call, timeout=120) as response:
+            served = json.loads(response.read())["predictions"]
+    finally:
+        os.killpg(server.pid, 15)
+        output = server.communicate(timeout=30)[0].decode(errors="replace")
+    assert rows(served) == published, output[-3000:]

@@ -78,7 +78,7 @@ def test_both_training_dags_come_from_one_factory_with_the_same_shape(monkeypatc
     bag = _dags(monkeypatch, {})
     demand, recommender = bag.get_dag("train_demand"), bag.get_dag("train_recommender")
     for dag, model in ((demand, "demand"), (recommender, "recommender")):
-        assert set(dag.task_ids) == {"features", "train", "evaluate", "gate", "approve", "promote"}
+        assert set(dag.task_ids) == {"features", "train", "evaluate", "gate", "approve", "promote", "publish"}
         assert set(dag.params) == {"day"}
         assert list(dag.timetable.asset_condition.objects) == [ORDERS_VALIDATED]
         assert model in dag.tags and dag.max_active_runs == 1
@@ -125,6 +125,18 @@ def test_demand_model_beats_the_baselines_and_is_promoted_then_a_leaked_candidat
         assert states["promote"] == "success", states
         champion = registry.champion("demand", download=False)
         assert champion is not None and champion.version == _xcom(run, "gate")["version"]
+        # Its p50/p90 per product and forecast week are in the orders DB, this version's only.
+        assert states["publish"] == "success", states
+        import psycopg2
+
+        conn = psycopg2.connect(pipeline["AIRFLOW_CONN_ORDERS_DB"])
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*), count(DISTINCT week_start), min(model_version), max(model_version), "
+                        "max(day), bool_and(p90 >= 0 AND p50 >= 0) FROM ml.demand_forecasts")
+            rows, weeks, low, high, day, non_negative = cur.fetchone()
+        conn.close()
+        assert rows == _xcom(run, "publish")["rows"] > 0 and weeks == 4 and day == LAST and non_negative
+        assert low == high == champion.version
         # The Models view needs no demand-specific code: the gate says which metric and which way.
         from ecom_ml.ui import models_data
 

@@ -75,6 +75,19 @@ def _dag(monkeypatch, env: dict[str, str]):
     return bag.get_dag("train_recommender")
 
 
+def _ml_rows(env: dict[str, str]) -> tuple[int, int, int]:
+    """(rows, lowest, highest model version) of ml.recommendations in the pipeline's orders DB."""
+    import psycopg2
+
+    conn = psycopg2.connect(env["AIRFLOW_CONN_ORDERS_DB"])
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*), min(model_version), max(model_version) FROM ml.recommendations")
+            return cur.fetchone()
+    finally:
+        conn.close()
+
+
 def _states(run) -> dict[str, str]:
     return {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
 
@@ -103,6 +116,10 @@ def test_first_model_is_promoted_then_a_worse_candidate_is_blocked(pipeline, mon
     gated = _xcom(first, "gate")
     champion = registry.champion("recommender", download=False)
     assert champion is not None and champion.version == gated["version"]
+    # The champion's top-N per active customer is in the orders DB, every row of this version.
+    published = _xcom(first, "publish")
+    assert published["version"] == champion.version and published["table"] == "ml.recommendations", published
+    assert _ml_rows(pipeline) == (published["rows"], champion.version, champion.version)
     out = Path(_xcom(first, "features")["out_uri"].removeprefix("file://"))
     report = json.loads((out / "gate_report.json").read_text())
     assert report["passed"] is True
@@ -117,7 +134,9 @@ def test_first_model_is_promoted_then_a_worse_candidate_is_blocked(pipeline, mon
     second = dag.test(run_conf={"day": LAST.isoformat()})
     states = _states(second)
     assert states["gate"] == "failed" and states["promote"] == "upstream_failed", states
+    assert states["publish"] == "upstream_failed", states
     assert registry.champion("recommender", download=False).version == champion.version, "the champion must stay"
+    assert _ml_rows(pipeline) == (published["rows"], champion.version, champion.version), "and its predictions"
     out2 = Path(_xcom(second, "features")["out_uri"].removeprefix("file://"))
     # The evaluation records the drift of this run's window against the champion's training window,
     # and the gate report shows it (the first run had no champion to compare with).
@@ -207,6 +226,37 @@ def test_a_champion_that_saw_todays_holdout_is_not_the_regression_reference(pipe
     check = next(c for c in report["checks"] if c["name"] == "no_regression_vs_champion")
     assert check["applicable"] is False and check["detail"] == reason
     assert "Champion not compared (n/a)" in (out / "gate_report.md").read_text()
+
+
+def test_rollback_republishes_the_previous_champions_predictions(pipeline, monkeypatch, capsys):
+    """The same night trained again is as good and promoted (its predictions replace the set);
+    ``ecom-ml rollback`` then puts the previous champion's predictions back, as one more publish."""
+    from ecom_ml import cli, registry
+
+    dag = _dag(monkeypatch, pipeline)
+    if registry.champion("recommender", download=False) is None:
+        assert str(dag.test(run_conf={"day": LAST.isoformat()}).state) == "success"
+    before = registry.champion("recommender", download=False).version
+    run = dag.test(run_conf={"day": LAST.isoformat()})
+    assert _states(run)["publish"] == "success", _states(run)
+    after = registry.champion("recommender", download=False).version
+    assert after != before and _ml_rows(pipeline)[1:] == (after, after)
+
+    monkeypatch.setenv("ECOM_ORDERS_DB_URL", pipeline["AIRFLOW_CONN_ORDERS_DB"])
+    code = cli.main(["rollback", "--model", "recommender", "--reason", "test the rollback", "--actor", "alice"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert f"champion v{after} -> v{before}" in out and f"of recommender v{before}" in out
+    rows, low, high = _ml_rows(pipeline)
+    assert rows > 0 and low == high == before, "the restored champion's set, nothing of the rolled-back one"
+    import psycopg2
+
+    conn = psycopg2.connect(pipeline["AIRFLOW_CONN_ORDERS_DB"])
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT model_version, published_by, reason FROM ml.publications ORDER BY publication_id DESC LIMIT 1")
+        logged = cur.fetchone()
+    conn.close()
+    assert logged[0] == before and logged[1] == "alice" and "rollback" in logged[2], logged
 
 
 @pytest.mark.parametrize(("env", "message"), [

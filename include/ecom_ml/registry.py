@@ -11,9 +11,12 @@ What the training DAG calls (module-level functions on the default registry, see
     attach_gate_report(cand, report)                             # JSON + Markdown next to the version
 
 Where MLflow is comes from :func:`ecom_ml.mlflow_server.tracking_uri` (``MLFLOW_TRACKING_URI``, else
-the project's local server). Nothing here depends on an MLflow model flavor: the trainer's output
-folder (``<out>/model/``: a ``.keras`` file and JSON) is logged as the run's ``model/`` artifact
-directory and the registered version points at it, so any framework's files register the same way.
+the project's local server). Nothing here depends on an MLflow model flavor: the folder handed to
+:meth:`Registry.log_candidate` is logged as the run's ``model/`` artifact directory and the
+registered version points at it, so any framework's files register the same way. The training DAG
+hands it an MLflow pyfunc package (``ecom_ml.serving.package``: ``MLmodel`` + the kind's folder as
+its artifact), so ``models:/<name>@champion`` loads with ``mlflow.pyfunc``; :meth:`Registry.champion`
+returns the kind's folder inside either layout.
 
 Decisions, and why:
 
@@ -138,12 +141,17 @@ class ChampionInfo:
     since: str | None
     #: The evaluation result logged with the version (``ecom/metrics.json``), nested as evaluated.
     metrics: dict[str, Any]
-    #: Local copy of its ``model/`` artifact directory (None when ``download=False``).
+    #: Local copy of the model kind's folder (None when ``download=False``): the version's
+    #: ``model/`` artifact directory, or for an MLflow pyfunc version the kind's folder inside it
+    #: (``ecom_ml.models.unpack_model_dir``).
     path: Path | None
     run_id: str
     model_uri: str
     promoted_by: str | None = None
     reason: str | None = None
+    #: Whether the version is an MLflow pyfunc model (``MLmodel`` with a python_function flavour);
+    #: None when not downloaded. Versions registered before ecom-ml packaged models are not.
+    pyfunc: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -620,7 +628,11 @@ class Registry:
             return None
         mv = self._version(model_name, version)
         metrics = self._metrics_of(mv.run_id)
-        path = self._cached_model_dir(model_name, mv.run_id) if download else None
+        path, pyfunc = None, None
+        if download:
+            from ecom_ml.models import unpack_model_dir
+
+            path, pyfunc = unpack_model_dir(self._cached_model_dir(model_name, mv.run_id))
         tags = mv.tags or {}
         return ChampionInfo(
             model_name=model_name,
@@ -632,6 +644,7 @@ class Registry:
             model_uri=f"models:/{model_name}/{version}",
             promoted_by=tags.get(TAG_PROMOTED_BY),
             reason=tags.get(TAG_PROMOTION_REASON),
+            pyfunc=pyfunc,
         )
 
     def _metrics_of(self, run_id: str) -> dict[str, Any]:
@@ -992,8 +1005,37 @@ def attach_gate_report(
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
-    result = rollback(args.model, args.to_version, args.reason, args.actor or default_actor())
+    """Move the alias back, then republish the restored champion's predictions into the orders DB
+    (``ecom_ml.training.steps.publish_champion``: the set it published when it was promoted).
+
+    Exit 4 when the alias moved but the predictions could not be republished (one line saying so;
+    the ml tables keep the set they had)."""
+    actor = args.actor or default_actor()
+    result = rollback(args.model, args.to_version, args.reason, actor)
     print(result.describe())
+    if args.no_publish:
+        return 0
+    from ecom_ml import models
+    from ecom_ml.training.steps import publish_champion
+
+    if args.model not in models.REGISTRY:  # a registered model that no ecom-ml model kind trains
+        print(f"{args.model}: not an ecom-ml model kind ({', '.join(models.names())}); no predictions to republish")
+        return 0
+
+    cfg = settings_mod.load()
+    try:
+        published = publish_champion(args.model, lake_root=cfg.lake_root, orders_url=cfg.orders_db_url, actor=actor,
+                                     reason=f"rollback to v{result.to_version}: {result.reason}",
+                                     expect_version=result.to_version)
+    except EcomError as exc:
+        print(f"ecom-ml: error: the champion is v{result.to_version} but its predictions were not republished: {exc}",
+              file=sys.stderr)
+        return 4
+    if "skipped" in published:
+        print(f"{args.model}: no predictions to republish ({published['skipped']})")
+    else:
+        print(f"republished {published['rows']:,} rows of {args.model} v{published['version']} "
+              f"({published['day']}) into {published['table']}")
     return 0
 
 
@@ -1049,12 +1091,15 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         "rollback",
         help="point a model's champion alias back at an earlier champion",
         description="Without --to-version, undoes the last promotion/rollback. Only versions that were "
-        "champion before are accepted. Who and why are recorded in the model's history.",
+        "champion before are accepted. Who and why are recorded in the model's history. The restored "
+        "champion's predictions are then republished into the orders DB (schema ml); exit 4 if that fails.",
     )
     rb.add_argument("--model", required=True, help="registered model, e.g. recommender")
     rb.add_argument("--to-version", type=_positive_int, default=None, help="version to restore (default: the previous champion)")
     rb.add_argument("--reason", required=True, help="why (kept in the history)")
     rb.add_argument("--actor", default=None, help="who (default: $USER)")
+    rb.add_argument("--no-publish", action="store_true",
+                    help="only move the alias; do not republish the restored champion's predictions into the orders DB")
     rb.set_defaults(func=_cmd_rollback)
 
     hist = subparsers.add_parser(

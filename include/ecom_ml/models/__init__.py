@@ -249,6 +249,33 @@ def training_day(model_dir: str | Path) -> Any:
         return None
 
 
+#: The file MLflow writes at the root of a packaged model (``ecom_ml.serving.package``).
+MLMODEL_FILE = "MLmodel"
+
+
+def unpack_model_dir(folder: Path | str) -> tuple[Path, bool]:
+    """The model kind's own folder inside a registered version's files, and whether they are an
+    MLflow pyfunc model.
+
+    A version registered since ecom-ml packages models for MLflow holds ``MLmodel`` at its root and
+    the kind's folder as the pyfunc artifact (``artifacts/model/``, the path MLmodel records); an
+    older version holds the kind's folder itself. Everything that reads a champion's files (the
+    evaluation, the drift check, publishing) goes through this, so both layouts work.
+    """
+    import yaml
+
+    folder = Path(folder)
+    mlmodel = folder / MLMODEL_FILE
+    if not mlmodel.is_file():
+        return folder, False
+    try:
+        doc = yaml.safe_load(mlmodel.read_text()) or {}
+        relative = doc["flavors"]["python_function"]["artifacts"]["model"]["path"]
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
+        return folder, False
+    return folder / relative, True
+
+
 def dir_size(path: Path) -> int:
     """Total bytes of the files under ``path``."""
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

@@ -1,5 +1,16 @@
 """One function builds every model kind's training DAG: ``features`` → ``train`` → ``evaluate`` →
-``gate`` → ``approve`` → ``promote``.
+``gate`` → ``approve`` → ``promote`` → ``publish``.
+
+``publish`` (the champion's batch predictions into ``ml.<table>`` of the orders DB, see
+``ecom_ml.publishing``) is a task of this DAG after ``promote`` rather than a DAG scheduled on a
+``<model>_champion`` Asset: the night's run then shows, in one grid row, whether the shop got the
+new model's output; a failed publish fails *that* run (retried like every task, alerted by the same
+failure callback, the previous set left in place) instead of a second DAG whose run nobody
+connects to the promotion; and there is no Asset event to lose between two DAGs. A rollback is not a
+DAG run: ``ecom-ml rollback`` republishes itself (``ecom_ml.registry``).
+
+``approve`` asks a person only when the gate's approval policy says so (``ecom_ml.approval``,
+``ecom_ml.approval_operator``); otherwise it returns at once.
 
 What differs per model kind is declared elsewhere, never here: the kind itself (trainer, loader,
 parameters, features and evaluation steps) in ``ecom_ml.models.REGISTRY``, its thresholds in
@@ -28,7 +39,7 @@ from ecom_ml.deadlines import training_deadlines
 from ecom_ml.k8s_training import training_operator
 
 #: Task ids of every training DAG (alerts, the deadline callback and the tests rely on them).
-TASK_IDS = ("features", "train", "evaluate", "gate", "approve", "promote")
+TASK_IDS = ("features", "train", "evaluate", "gate", "approve", "promote", "publish")
 START_DATE = pendulum.datetime(2024, 1, 1, tz="UTC")
 
 
@@ -99,9 +110,8 @@ def training_dag(model: str, *, doc_md: str, owner: str = "ml-engineering") -> D
         def gate(built: dict, trained: dict, evaluation: dict, run_id: Any = None) -> dict:
             from datetime import date
 
-            from airflow.sdk.exceptions import AirflowFailException
-
             from airflow.sdk import Variable
+            from airflow.sdk.exceptions import AirflowFailException
 
             from ecom_ml.approval import check_mode
             from ecom_ml.training.steps import GateFailed, gate_and_register
@@ -110,8 +120,10 @@ def training_dag(model: str, *, doc_md: str, owner: str = "ml-engineering") -> D
             raw = Variable.get(variable, default=None)
             mode = check_mode(raw, f"Airflow Variable {variable}") if raw not in (None, "") else None
             try:
+                features = {"root": built["features_uri"], **(trained.get("features") or {})}
                 return gate_and_register(name, date.fromisoformat(built["day"]), run_id,
-                                         {**trained, "out_uri": built["out_uri"]}, evaluation, approval_mode=mode)
+                                         {**trained, "out_uri": built["out_uri"], "features": features}, evaluation,
+                                         approval_mode=mode)
             except GateFailed as exc:
                 raise AirflowFailException(str(exc)) from None
 
@@ -121,12 +133,29 @@ def training_dag(model: str, *, doc_md: str, owner: str = "ml-engineering") -> D
 
             return promote(name, gated, run_id, approved)
 
+        # The champion's predictions into the orders DB. Retried like any task (publishing is
+        # idempotent: it replaces the whole set); a failure leaves the previous set and alerts.
+        @task
+        def publish(built: dict, promoted: dict, run_id: Any = None) -> dict:
+            from datetime import date
+
+            from airflow.sdk import Connection
+
+            from ecom_ml.ingest.tasks import libpq_url
+            from ecom_ml.training.steps import publish_champion
+
+            return publish_champion(name, lake_root=built["features_uri"],
+                                    orders_url=libpq_url(Connection.get("orders_db")),
+                                    actor=f"airflow:train_{name}/{run_id}",
+                                    reason=f"promoted v{promoted['champion']} on {promoted['day']}",
+                                    day=date.fromisoformat(promoted["day"]), expect_version=promoted["champion"])
+
         evaluation = evaluate(built, train.output)
         gated = gate(built, train.output, evaluation)
         # A person approves first only when the gate asks (ecom_ml.approval): a Required Action in
-        # the UI; a rejection skips promote, no answer in time fails this task (and alerts).
+        # the UI; a rejection skips promote and publish, no answer in time fails this task (and alerts).
         approve = PromotionApproval(task_id="approve", model=name, retries=0)
         gated >> approve
-        promote(gated, approve.output)
+        publish(built, promote(gated, approve.output))
 
     return training()

@@ -123,6 +123,35 @@ class ModelSteps(Protocol):
 
     def evaluate(self, lake: Lake, day: date, candidate_dir: str, champion_dir: str | None) -> dict[str, Any]: ...
 
+    # -- serving: what the champion gives the shop (``ecom_ml.publishing``, ``ecom_ml.serving``) ----
+    #
+    # ``predictions`` is optional: a kind without it (one being added) trains, gates and promotes
+    # as any other, and its publish step logs that it has nothing to publish and succeeds (see
+    # ``publish_champion``). ``serving_signature``, ``input_example`` and ``serve`` make every
+    # registered version an MLflow pyfunc model; ``predictions`` should call ``serve`` so the
+    # tables and ``mlflow models serve`` answer alike.
+
+    def predictions(self, lake: Lake, day: date, model_dir: str) -> Any:
+        """The batch predictions of the model in ``model_dir`` as of ``day`` (from that day's stored
+        features), as an ``ecom_ml.publishing.PredictionSet``: the table in schema ``ml``, its
+        columns and PostgreSQL types, the rows (pyarrow or pandas), the lookup key. The publisher
+        adds ``model_version`` and ``day`` to every row."""
+        ...
+
+    def serving_signature(self) -> Any:
+        """The pyfunc model's ``mlflow.models.ModelSignature`` (inputs, outputs, params)."""
+        ...
+
+    def input_example(self, lake: Lake | None, day: date | None) -> Any:
+        """A few rows the pyfunc model accepts (pandas), from ``day``'s features when ``lake`` has
+        them, else a minimal valid example."""
+        ...
+
+    def serve(self, model: Any, frame: Any, params: dict[str, Any]) -> Any:
+        """Answer a pyfunc request: ``model`` is what the kind's loader returned, ``frame`` a pandas
+        DataFrame matching ``serving_signature``; returns a pandas DataFrame."""
+        ...
+
 
 def steps_for(model: str) -> ModelSteps:
     """The training-DAG steps of the model kind ``model`` (its ``steps`` in ``ecom_ml.models.REGISTRY``);
@@ -265,12 +294,17 @@ def gate_and_register(model: str, day: date, run_id: str, trained: dict[str, Any
     write_text(f"{out}/gate_report.md", report.to_markdown() + _drift_section(evaluation.get("drift")))
     # Keyed by the Airflow run: a retry after MLflow failed half-way reuses the version (or the run)
     # registered by the failed attempt and completes its gate record, instead of leaving an orphan.
-    candidate = registry.log_candidate(
-        model, run_name=f"{model} {day.isoformat()} {run_id}", params=trained.get("params", {}),
-        metrics=evaluation["candidate"], artifacts_dir=trained["model_uri"],
-        tags={"day": day.isoformat(), "airflow_run_id": run_id, "gate": "passed" if report.passed else "failed"},
-        key=f"airflow:{model}/{run_id}",
-    )
+    # What is registered is the model folder packaged as an MLflow pyfunc model (ecom_ml.serving).
+    from ecom_ml.serving import packaged
+
+    with packaged(model, trained["model_uri"], lake_root=(trained.get("features") or {}).get("root"),
+                  day=day) as package:
+        candidate = registry.log_candidate(
+            model, run_name=f"{model} {day.isoformat()} {run_id}", params=trained.get("params", {}),
+            metrics=evaluation["candidate"], artifacts_dir=package,
+            tags={"day": day.isoformat(), "airflow_run_id": run_id, "gate": "passed" if report.passed else "failed"},
+            key=f"airflow:{model}/{run_id}",
+        )
     # The version carries its complete gate record (report files, verdict tags, digest last) before
     # `promote` may move the alias; promote checks that record itself.
     registry.attach_gate_report(candidate, json.loads(report.to_json()))
@@ -305,3 +339,47 @@ def promote(model: str, gated: dict[str, Any], run_id: str, approved: dict[str, 
     registry.promote(model, gated["version"], reason=f"gate passed on {gated['day']}: {gated['summary']}{approval}",
                      actor=f"airflow:train_{model}/{run_id}")
     return {"model": model, "champion": gated["version"], "day": gated["day"]}
+
+
+class NotPublishable(EcomError):
+    """The champion's predictions cannot be published (one line: which version, why); the
+    previous predictions stay in place."""
+
+
+def publish_champion(model: str, *, lake_root: str, orders_url: str, actor: str, reason: str,
+                     day: date | None = None, expect_version: int | None = None) -> dict[str, Any]:
+    """Publish the verified champion's batch predictions into ``ml.<table>`` of the orders DB.
+
+    ``day``: whose features to predict from; default the day the champion was trained on (its
+    ``model.json``), so a rollback republishes the set that version published when it was promoted.
+    A kind whose steps have no ``predictions`` yet is skipped with a log line (``{"skipped": ...}``):
+    it still trains and promotes, it just gives the shop nothing yet. A champion that is not an
+    MLflow pyfunc model (registered before ecom-ml packaged models) is refused with
+    :class:`NotPublishable` naming it: what the tables hold must be what ``mlflow models serve``
+    would answer for that version.
+    """
+    from ecom_ml import publishing, registry
+    from ecom_ml.models import training_day
+
+    steps = steps_for(model)
+    if getattr(steps, "predictions", None) is None:
+        log.info("%s: the model kind has no batch predictions (its steps define no `predictions`); "
+                 "nothing to publish", model)
+        return {"model": model, "skipped": "the model kind defines no batch predictions"}
+    champion = registry.verified_champion(model)
+    if expect_version is not None and champion.version != expect_version:
+        log.warning("%s: the champion is v%s, not v%s (moved since): publishing v%s", model, champion.version,
+                    expect_version, champion.version)
+    if not champion.pyfunc:
+        raise NotPublishable(
+            f"{model} v{champion.version} is not an MLflow pyfunc model (registered before ecom-ml packaged "
+            f"models for MLflow): its predictions are not published and ml tables keep the previous set; "
+            f"promote a version trained since")
+    day = day or training_day(champion.path)
+    if day is None:
+        raise NotPublishable(f"{model} v{champion.version}: its model.json records no features day; "
+                             f"name the day to publish predictions for")
+    predictions = steps.predictions(Lake(lake_root), day, str(champion.path))
+    result = publishing.publish(orders_url, model, champion.version, day, predictions, actor=actor, reason=reason)
+    log.info("%s", result.line())
+    return result.to_dict()
