@@ -131,8 +131,9 @@ def test_nothing_after_the_cutoff_changes_the_features_and_training_labels_never
     b_seq = b.sequence.copy()
     b_seq[row(b, 10), 3] -= [1, 7, 70, 0, 0]  # take order 15 out (its product was in order 1 already)
     assert np.array_equal(a.sequence, b_seq) and a.spend[row(a, 20)] == b.spend[row(b, 20)]
-    # 90 days: one training cutoff (Jan 31, whose label window ends exactly at the holdout start).
-    assert PARAMS.training_cutoffs() == [H - timedelta(days=30)]
+    # 90 days: the newest cutoff is Jan 31 (its label window ends exactly at the holdout start); a
+    # short window keeps half its 30 days before it as history (from Jan 16).
+    assert PARAMS.training_cutoffs() == [utc(2024, 1, 31), utc(2024, 1, 24), utc(2024, 1, 17)]
     # 180 days (from 2023-10-03): weekly cutoffs back to the first with 56 days of history before it.
     longer = PropensityParams(day=date(2024, 3, 30), window_days=180, holdout_days=30, history_len=4)
     cutoffs = longer.training_cutoffs()

@@ -28,7 +28,8 @@ Choices, and why:
 * **Rolling cutoffs.** Training examples come from cutoffs every :data:`CUTOFF_STEP_DAYS` days
   counted back from ``holdout_start - label_days`` (the latest cutoff whose label window ends at the
   holdout start), never one whose label window reaches past it, down to the first cutoff with at
-  least :data:`MIN_HISTORY_DAYS` of lake history (fewer in a short window, at least one cutoff).
+  least :data:`MIN_HISTORY_DAYS` of lake history (in a short window: half the days before the
+  newest cutoff, so there are still several; at least one cutoff).
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ class PropensityParams:
     def training_cutoffs(self) -> list[datetime]:
         """Rolling training cutoffs, newest first; the first is the validation cutoff."""
         latest = self.holdout_start - timedelta(days=self.holdout_days)
-        history = min(MIN_HISTORY_DAYS, max(CUTOFF_STEP_DAYS, (latest - self.start).days))
+        history = min(MIN_HISTORY_DAYS, max(CUTOFF_STEP_DAYS, (latest - self.start).days // 2))
         earliest = self.start + timedelta(days=history)
         cutoffs = []
         moment = latest
@@ -269,6 +270,35 @@ class Examples:
     def column(self, name: str) -> np.ndarray:
         return self.static[:, STATIC.index(name)]
 
+    def take(self, rows: np.ndarray) -> Examples:
+        """The examples of ``rows`` (a mask or indices); ``label_purchases`` is kept as a whole-set count."""
+        from dataclasses import replace
+
+        return replace(self, customer_ids=self.customer_ids[rows], sequence=self.sequence[rows],
+                       static=self.static[rows], label=self.label[rows], new=self.new[rows], spend=self.spend[rows],
+                       recency_days=self.recency_days[rows])
+
+
+def concat(parts: list[Examples]) -> Examples:
+    """Several sets of examples stacked (the first one's cutoff names the result)."""
+    return Examples(
+        cutoff=parts[0].cutoff,
+        customer_ids=np.concatenate([p.customer_ids for p in parts]),
+        sequence=np.concatenate([p.sequence for p in parts]),
+        static=np.concatenate([p.static for p in parts]),
+        label=np.concatenate([p.label for p in parts]),
+        new=np.concatenate([p.new for p in parts]),
+        spend=np.concatenate([p.spend for p in parts]),
+        recency_days=np.concatenate([p.recency_days for p in parts]),
+        label_purchases=sum(p.label_purchases for p in parts),
+    )
+
+
+def validation_customers(customer_ids: np.ndarray) -> np.ndarray:
+    """Half of the customers, fixed by their id (a multiplicative hash): the calibration half."""
+    ids = np.asarray(customer_ids).astype(np.uint64)
+    return ((ids * np.uint64(2654435761)) >> np.uint64(7)) % np.uint64(2) == 0
+
 
 def _unique_count(groups: np.ndarray, keys: np.ndarray, size: int) -> np.ndarray:
     """Distinct ``keys`` per group index (0 .. size-1); keys are small dense codes (see ``Facts``)."""
@@ -366,14 +396,4 @@ def training_examples(facts: Facts, params: PropensityParams, cutoffs: list[date
     parts = [p for p in parts if len(p)]
     if not parts:
         return examples_at(facts, cutoffs[0], label_days, weeks, known_at)
-    return Examples(
-        cutoff=cutoffs[0],
-        customer_ids=np.concatenate([p.customer_ids for p in parts]),
-        sequence=np.concatenate([p.sequence for p in parts]),
-        static=np.concatenate([p.static for p in parts]),
-        label=np.concatenate([p.label for p in parts]),
-        new=np.concatenate([p.new for p in parts]),
-        spend=np.concatenate([p.spend for p in parts]),
-        recency_days=np.concatenate([p.recency_days for p in parts]),
-        label_purchases=sum(p.label_purchases for p in parts),
-    )
+    return concat(parts)

@@ -5,10 +5,14 @@ Architecture (``keras`` / ``keras.ops`` only: TensorFlow on the CPU, JAX on the 
 sequence of ``history_len`` weeks x (orders, units, spend, distinct products, refunds), each
 ``log1p``-ed and normalised, through a GRU; the static features (:data:`ecom_ml.propensity.features.STATIC`),
 normalised, through a ReLU layer; both concatenated, a ReLU layer and one logit. Trained with binary
-cross-entropy on the examples of every rolling training cutoff except the newest.
+cross-entropy on the examples of every rolling training cutoff. A "wide" logistic part on the
+normalised static features is added to the deep logit: with few examples the model is then at
+least the RFM regression, and the GRU adds what the weekly sequence knows.
 
-**Calibration.** The newest training cutoff (label window ending at the holdout start) is held out
-of the fit: it stops training (best validation loss, restored) and then fits
+**Calibration.** Half the customers of the newest training cutoff (label window ending at the
+holdout start; the half fixed by a hash of the customer id) are held out of the fit — the other
+half trains with the older cutoffs, so the most recent behaviour is learnt from: the held-out half
+stops training (best validation loss, restored) and then fits
 ``p = sigmoid(a * logit + b)`` (Platt scaling: a temperature ``1/a`` and a shift) by maximum
 likelihood. The shift matters here: purchase rates move with the season, and the newest cutoff is
 the closest in time to the one scored. ``a`` and ``b`` live in ``model.json``; the served
@@ -107,7 +111,11 @@ def build_network(weeks: int, channels: int, n_static: int, params: PropensityTr
     s = keras.layers.Dense(params.hidden_dim, activation="relu", name="static_dense")(static_norm(static))
     x = keras.layers.Concatenate()([encoded, s])
     x = keras.layers.Dense(params.hidden_dim, activation="relu", name="joint")(x)
-    logit = keras.layers.Dense(1, name="logit")(x)
+    deep = keras.layers.Dense(1, name="deep_logit")(x)
+    # The "wide" part: a logistic regression on the normalised RFM features, added to the deep logit,
+    # so that with few examples the model is at least the RFM baseline and the GRU adds to it.
+    wide = keras.layers.Dense(1, name="wide_logit")(static_norm(static))
+    logit = keras.layers.Add(name="logit")([deep, wide])
     return keras.Model({"sequence": sequence, "static": static}, logit)
 
 
@@ -151,7 +159,9 @@ class PropensityModel:
             raise PropensityModelError(f"the model reads {self.history_len} weeks of behaviour, the examples have "
                                        f"{examples.sequence.shape[1]}")
         inputs = model_inputs(examples)
-        out = [np.asarray(self.network({k: v[i:i + batch_size] for k, v in inputs.items()}, training=False))
+        # predict_on_batch runs the compiled graph: an eager call steps the GRU op by op, which for one
+        # customer was ~70x slower on the CPU (1.4 s against 19 ms, measured on a loaded 2-core machine).
+        out = [np.asarray(self.network.predict_on_batch({k: v[i:i + batch_size] for k, v in inputs.items()}))
                for i in range(0, n, batch_size)]
         return np.concatenate(out).reshape(-1).astype(np.float64)
 
@@ -200,7 +210,8 @@ def fit(facts: Any, fparams: Any, params: PropensityTrainParams) -> tuple[Propen
     on the newest; returns the model and a report (examples, losses, calibration, timings)."""
     import keras
 
-    from ecom_ml.propensity.features import CHANNELS, STATIC, examples_at, training_examples
+    from ecom_ml.propensity.features import (CHANNELS, STATIC, concat, examples_at, training_examples,
+                                             validation_customers)
 
     label_days = params.holdout_days or fparams.holdout_days
     weeks = params.history_len or fparams.history_len
@@ -208,8 +219,11 @@ def fit(facts: Any, fparams: Any, params: PropensityTrainParams) -> tuple[Propen
     split = replace(fparams, holdout_days=label_days)
     cutoffs = split.training_cutoffs()
     t = time.perf_counter()
-    validation = examples_at(facts, cutoffs[0], label_days, weeks, cutoff)
-    train = training_examples(facts, split, cutoffs[1:] or cutoffs[:1], weeks, label_days, cutoff)
+    newest = examples_at(facts, cutoffs[0], label_days, weeks, cutoff)
+    held = validation_customers(newest.customer_ids)
+    validation = newest.take(held)
+    older = [training_examples(facts, split, cutoffs[1:], weeks, label_days, cutoff)] if len(cutoffs) > 1 else []
+    train = concat([*older, newest.take(~held)])
     if len(train) == 0 or len(validation) == 0:
         raise PropensityModelError(f"propensity features of {fparams.day}: no customer with an order before the "
                                    f"training cutoffs ({cutoffs[-1].date()}..{cutoffs[0].date()}): nothing to learn from")
@@ -218,9 +232,9 @@ def fit(facts: Any, fparams: Any, params: PropensityTrainParams) -> tuple[Propen
         raise PropensityModelError(f"propensity features of {fparams.day}: no customer {what} in the label windows of "
                                    f"the training cutoffs ({cutoffs[-1].date()}..{cutoffs[0].date()}): nothing to learn from")
     prepare_s = time.perf_counter() - t
-    _log(f"{len(train):,} training examples over {max(len(cutoffs) - 1, 1)} cutoffs "
-         f"({cutoffs[-1].date()}..{(cutoffs[1] if len(cutoffs) > 1 else cutoffs[0]).date()}), validation "
-         f"{len(validation):,} at {cutoffs[0].date()}; base rate {train.label.mean():.3f} / {validation.label.mean():.3f}")
+    _log(f"{len(train):,} training examples over {len(cutoffs)} cutoffs ({cutoffs[-1].date()}..{cutoffs[0].date()}), "
+         f"validation {len(validation):,} (half the customers at {cutoffs[0].date()}); base rate "
+         f"{train.label.mean():.3f} / {validation.label.mean():.3f}")
 
     keras.utils.set_random_seed(params.seed)
     x_train, x_val = model_inputs(train), model_inputs(validation)
