@@ -6,8 +6,8 @@ the holdout cutoff is 30 days before the file's end (2010-11-10 00:00 UTC); scor
 with a purchase before it; label: bought in the 30 days after it. The orders are built straight from
 the CSV (every kept invoice a delivered order, as ``bench/demand_retail.py`` does), then go through
 the pipeline's own code: propensity features (``ecom_ml.propensity.features``), the registry's
-trainer (as the nightly ``train`` task runs it: rolling weekly cutoffs, calibration on the newest)
-and the evaluation the ``evaluate`` task runs (``evaluate_holdout``), with the gate's verdict.
+trainer (as the nightly ``train`` task runs it: rolling weekly cutoffs, calibration on the
+newest) and the evaluation the ``evaluate`` task runs (``evaluate_holdout``), with the gate's verdict.
 Measured and printed, never asserted.
 
 Targets (issue 16): AUC >= 0.76, log-loss <= 0.53, ECE <= 0.03. design.md's references: RFM logistic

@@ -5,13 +5,12 @@ Architecture (``keras`` / ``keras.ops`` only: TensorFlow on the CPU, JAX on the 
 sequence of ``history_len`` weeks x (orders, units, spend, distinct products, refunds), each
 ``log1p``-ed and normalised, through a GRU; the static features (:data:`ecom_ml.propensity.features.STATIC`),
 normalised, through a ReLU layer; both concatenated, a ReLU layer and one logit. Trained with binary
-cross-entropy on the examples of every rolling training cutoff. A "wide" logistic part on the
+cross-entropy on the examples of every rolling training cutoff but the newest. A "wide" logistic part on the
 normalised static features is added to the deep logit: with few examples the model is then at
 least the RFM regression, and the GRU adds what the weekly sequence knows.
 
-**Calibration.** Half the customers of the newest training cutoff (label window ending at the
-holdout start; the half fixed by a hash of the customer id) are held out of the fit — the other
-half trains with the older cutoffs, so the most recent behaviour is learnt from: the held-out half
+**Calibration.** The newest training cutoff (label window ending at the holdout start) is held out
+of the fit (in a window with one cutoff only, half its customers, fixed by a hash of the id): it
 stops training (best validation loss, restored) and then fits
 ``p = sigmoid(a * logit + b)`` (Platt scaling: a temperature ``1/a`` and a shift) by maximum
 likelihood. The shift matters here: purchase rates move with the season, and the newest cutoff is
@@ -210,7 +209,7 @@ def fit(facts: Any, fparams: Any, params: PropensityTrainParams) -> tuple[Propen
     on the newest; returns the model and a report (examples, losses, calibration, timings)."""
     import keras
 
-    from ecom_ml.propensity.features import (CHANNELS, STATIC, concat, examples_at, training_examples,
+    from ecom_ml.propensity.features import (CHANNELS, STATIC, examples_at, training_examples,
                                              validation_customers)
 
     label_days = params.holdout_days or fparams.holdout_days
@@ -220,10 +219,11 @@ def fit(facts: Any, fparams: Any, params: PropensityTrainParams) -> tuple[Propen
     cutoffs = split.training_cutoffs()
     t = time.perf_counter()
     newest = examples_at(facts, cutoffs[0], label_days, weeks, cutoff)
-    held = validation_customers(newest.customer_ids)
-    validation = newest.take(held)
-    older = [training_examples(facts, split, cutoffs[1:], weeks, label_days, cutoff)] if len(cutoffs) > 1 else []
-    train = concat([*older, newest.take(~held)])
+    if len(cutoffs) > 1:
+        validation, train = newest, training_examples(facts, split, cutoffs[1:], weeks, label_days, cutoff)
+    else:  # one cutoff only (a short window): half its customers train, half calibrate
+        held = validation_customers(newest.customer_ids)
+        validation, train = newest.take(held), newest.take(~held)
     if len(train) == 0 or len(validation) == 0:
         raise PropensityModelError(f"propensity features of {fparams.day}: no customer with an order before the "
                                    f"training cutoffs ({cutoffs[-1].date()}..{cutoffs[0].date()}): nothing to learn from")
@@ -232,9 +232,9 @@ def fit(facts: Any, fparams: Any, params: PropensityTrainParams) -> tuple[Propen
         raise PropensityModelError(f"propensity features of {fparams.day}: no customer {what} in the label windows of "
                                    f"the training cutoffs ({cutoffs[-1].date()}..{cutoffs[0].date()}): nothing to learn from")
     prepare_s = time.perf_counter() - t
-    _log(f"{len(train):,} training examples over {len(cutoffs)} cutoffs ({cutoffs[-1].date()}..{cutoffs[0].date()}), "
-         f"validation {len(validation):,} (half the customers at {cutoffs[0].date()}); base rate "
-         f"{train.label.mean():.3f} / {validation.label.mean():.3f}")
+    _log(f"{len(train):,} training examples over {max(len(cutoffs) - 1, 1)} cutoffs ({cutoffs[-1].date()}.."
+         f"{cutoffs[min(1, len(cutoffs) - 1)].date()}), validation {len(validation):,} at {cutoffs[0].date()}; "
+         f"base rate {train.label.mean():.3f} / {validation.label.mean():.3f}")
 
     keras.utils.set_random_seed(params.seed)
     x_train, x_val = model_inputs(train), model_inputs(validation)
