@@ -210,3 +210,14 @@ class _Constant:
 
     def predict(self, examples) -> np.ndarray:
         return np.full(len(examples), self.p)
+
+
+def test_the_models_view_renders_an_evaluations_tables_without_knowing_them():
+    from ecom_ml.ui import models_data, models_html
+
+    result = scores(np.asarray([0, 1, 1, 0, 1]), np.asarray([0.2, 0.7, 0.9, 0.4, 0.65]))
+    tables = models_data.champion_tables({**result, "tables": {**result["tables"], "broken": {"rows": 3}}})
+    assert set(tables) == {"reliability"}  # a malformed table is left out, not an error
+    html = models_html._champion_tables(tables)
+    assert 'data-testid="champion-table" data-table="reliability"' in html and "observed rate" in html
+    assert html.count("<tr><td") == len(result["tables"]["reliability"]["rows"]) == 5  # five non-empty bins
