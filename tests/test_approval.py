@@ -83,7 +83,7 @@ def test_a_bad_approval_setting_is_one_line(key, value, message) -> None:
 
 
 def test_the_packaged_gates_parse_their_approval_mode() -> None:
-    for model in ("recommender", "demand"):
+    for model in ("recommender", "demand", "propensity"):
         assert GateConfig.load(model).approval.mode in ("never", "borderline", "always")
 
 

@@ -354,3 +354,83 @@ def test_ungated_baselines_are_reported_but_not_the_bar(config, tmp_path):
                                  "ungated_baselines: ease"))
     with pytest.raises(GateConfigError, match="key 'ungated_baselines' must be a list of baseline names"):
         GateConfig.load(path)
+
+
+# -- further gated metrics and undefined values (generic; the propensity gate uses both) ---------------
+
+ALSO = {"model": "scores", "primary_metric": "log_loss", "higher_is_better": False, "baseline_margin": 0.01,
+        "champion_tolerance": 0.01, "slices": {}, "max_model_bytes": None, "max_p99_ms": None,
+        "also_gated": {"auc": {"higher_is_better": True, "baseline_margin": 0.02, "champion_tolerance": 0.01}}}
+
+
+def _scores(log_loss: float | None, auc: float | None, **extra) -> dict:
+    return {"log_loss": log_loss, "auc": auc, **extra}
+
+
+def test_also_gated_metric_is_compared_with_its_own_best_baseline_and_direction():
+    cfg = GateConfig.from_dict(ALSO)
+    # The best baseline on AUC (ranker, 0.70) is not the best on log-loss (logistic, 0.55).
+    baselines = {"logistic": _scores(0.55, 0.68), "ranker": _scores(None, 0.70), "rate": _scores(0.63, 0.5)}
+    report = evaluate_gate(cfg, _scores(0.54, 0.72), None, baselines)
+    auc = _check(report, "beats_best_baseline:auc")
+    assert report.passed, report.summary_line()
+    assert auc.baseline == 0.70 and auc.threshold == pytest.approx(0.714) and auc.comparison == ">="
+    assert "ranker" in auc.detail and "point estimate" in auc.detail
+    assert _check(report, "beats_best_baseline").baseline == 0.55  # the primary ignores the ranker (no log-loss)
+    assert _check(report, "no_regression_vs_champion:auc").result == "n/a"
+
+    blocked = evaluate_gate(cfg, _scores(0.54, 0.71), None, baselines)
+    assert not blocked.passed and "beats_best_baseline:auc 0.7100 < 0.7140" in blocked.summary_line()
+    regressed = evaluate_gate(cfg, _scores(0.54, 0.72), _scores(0.54, 0.74), baselines)
+    check = _check(regressed, "no_regression_vs_champion:auc")
+    assert not check.passed and check.threshold == pytest.approx(0.74 * 0.99)
+    assert "also_gated" in regressed.config and regressed.config["also_gated"]["auc"]["baseline_margin"] == 0.02
+
+
+def test_an_undefined_metric_fails_with_the_evaluations_reason_instead_of_passing():
+    cfg = GateConfig.from_dict(ALSO)
+    why = "no customer bought in the label window: a ranking cannot be judged"
+    undefined = {"undefined": {"auc": why}}
+    report = evaluate_gate(cfg, _scores(0.05, None, **undefined), None,
+                           {"logistic": _scores(0.06, None, **undefined), "rate": _scores(0.07, None, **undefined)})
+    check = _check(report, "beats_best_baseline:auc")
+    assert not report.passed and not check.passed
+    assert "no baseline has a numeric auc" in check.detail and f"logistic (undefined: {why})" in check.detail
+    line = report.summary_line()
+    assert "\n" not in line and "beats_best_baseline:auc" in line
+    # With a baseline that has a value, the candidate's own reason is quoted.
+    report = evaluate_gate(cfg, _scores(0.05, None, **undefined), None, {"logistic": _scores(0.06, 0.6)})
+    assert f"candidate auc is undefined: {why}" in _check(report, "beats_best_baseline:auc").detail
+    # A band on an undefined value quotes it too.
+    banded = GateConfig.from_dict({**ALSO, "bands": {"ece": [0, 0.05]}})
+    report = evaluate_gate(banded, _scores(0.5, 0.7, ece=None, undefined={"ece": "no customer"}), None,
+                           {"logistic": _scores(0.6, 0.6)})
+    assert _check(report, "band:ece:max").detail == "candidate ece is undefined: no customer"
+
+
+@pytest.mark.parametrize(
+    ("also", "expected"),
+    [
+        ({"auc": {"higher_is_better": True, "baseline_margin": 0.02}}, "key 'also_gated.auc.champion_tolerance' is missing"),
+        ({"auc": {"higher_is_better": "yes", "baseline_margin": 0.02, "champion_tolerance": 0.01}},
+         "key 'also_gated.auc.higher_is_better' must be true or false"),
+        ({"auc": {"higher_is_better": True, "baseline_margin": -1, "champion_tolerance": 0.01}},
+         "key 'also_gated.auc.baseline_margin' must be a number"),
+        ({"auc": {"higher_is_better": True, "baseline_margin": 0.02, "champion_tolerance": 0.01, "margin": 1}},
+         "key 'also_gated.auc.margin' is unknown"),
+        ({"log_loss": {"higher_is_better": False, "baseline_margin": 0.02, "champion_tolerance": 0.01}},
+         "key 'also_gated.log_loss' repeats the primary metric"),
+        (["auc"], "key 'also_gated' must map metric"),
+    ],
+)
+def test_bad_also_gated_is_one_line_naming_the_key(also, expected):
+    with pytest.raises(GateConfigError) as info:
+        GateConfig.from_dict({**ALSO, "also_gated": also}, source="scores.yaml")
+    assert "\n" not in str(info.value) and expected in str(info.value)
+
+
+def test_packaged_propensity_gate_loads():
+    cfg = GateConfig.load("propensity")
+    assert cfg.primary_metric == "log_loss" and cfg.higher_is_better is False and cfg.confidence_level == 0.95
+    assert set(cfg.also_gated) == {"auc"} and cfg.also_gated["auc"].higher_is_better
+    assert cfg.bands["ece"][0] == 0 and cfg.max_model_bytes and cfg.max_p99_ms

@@ -25,4 +25,4 @@ def test_the_trainer_module_leaves_through_it() -> None:
                            "--out", "/nowhere"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "ecom-ml train: error: unknown model 'nope'; known models: demand, recommender"]
+        "ecom-ml train: error: unknown model 'nope'; known models: demand, propensity, recommender"]

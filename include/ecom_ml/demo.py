@@ -20,10 +20,17 @@ from datetime import date, datetime, timedelta, timezone
 from ecom_ml import settings as settings_mod
 from ecom_ml.errors import EcomError
 
+def _model_names() -> list[str]:
+    from ecom_ml.models import names
+
+    return names()
+
+
 MODEL = "recommender"
 TRAINING_DAG = f"train_{MODEL}"
-#: Every training DAG scheduled on the orders_validated Asset: paused while history loads.
-TRAINING_DAGS = (TRAINING_DAG, "train_demand")
+#: Every training DAG scheduled on the orders_validated Asset (one per registered model kind): paused
+#: while history loads.
+TRAINING_DAGS = (TRAINING_DAG, *(f"train_{name}" for name in _model_names() if name != MODEL))
 
 
 def demo_days(count: int, today: date | None = None) -> list[date]:

@@ -28,6 +28,12 @@ The per-unit values come from the results' ``per_unit`` entry (``{"unit", "diges
 ``{"numerator": [...], "denominator": [...]}`` instead of a list); results with different unit
 digests were scored on different units and fail the check. ``confidence_level: null`` falls back to
 point estimates.
+``beats_best_baseline:<metric>`` / ``no_regression_vs_champion:<metric>``
+    the same two comparisons for every further metric in ``also_gated`` (``{metric: {higher_is_better,
+    baseline_margin, champion_tolerance}}``), each in its own direction and against the best baseline
+    *on that metric*, on point estimates (a metric such as AUC is not a mean over units, so it has no
+    paired per-unit values to resample). A model kind whose promotion needs two things at once —
+    ranking quality and calibrated probabilities — gates on both.
 ``slice:<slice>:<metric>``
     candidate.slices[slice][metric] >= floor, for every floor in the config. Averages hide a broken
     cold-start path (new customers are a small share of the test set).
@@ -44,7 +50,9 @@ point estimates.
 person's approval before promotion; the decision is ``ecom_ml.approval.decide``'s, not a check here.
 
 Missing or non-finite values fail their check (with the reason in ``detail``) rather than raising:
-a report that shows *what* was missing is more useful in an alert than a traceback.
+a report that shows *what* was missing is more useful in an alert than a traceback. An evaluation
+may say why a metric has no value (``"undefined": {metric: reason}``, e.g. AUC when nobody bought in
+the label window); the failed check then quotes that reason instead of "missing".
 Only stdlib and PyYAML are imported at module level, so DAG files may import this module at parse
 time; numpy/scipy (the bootstrap) are imported when a gate is evaluated.
 """
@@ -67,7 +75,7 @@ from ecom_ml.errors import EcomError
 _REQUIRED_KEYS = ("model", "primary_metric", "baseline_margin", "champion_tolerance", "slices",
                   "max_model_bytes", "max_p99_ms")
 _OPTIONAL_KEYS: dict[str, Any] = {"higher_is_better": True, "confidence_level": None, "bootstrap_resamples": 1000,
-                                  "bootstrap_seed": 0, "ungated_baselines": [], "bands": {},
+                                  "bootstrap_seed": 0, "ungated_baselines": [], "bands": {}, "also_gated": {},
                                   "approval": "never", "approval_distance": 0.02, "approval_on_drift": True,
                                   "approval_timeout_hours": 24}
 NO_CHAMPION = "no champion yet (first model)"
@@ -88,6 +96,17 @@ class GateInputError(EcomError):
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class AlsoGated:
+    """One further gated metric: its direction, its margin over the best baseline, its tolerance
+    against the champion (the same meaning as the primary metric's ``baseline_margin`` and
+    ``champion_tolerance``)."""
+
+    higher_is_better: bool
+    baseline_margin: float
+    champion_tolerance: float
 
 
 @dataclass(frozen=True)
@@ -113,6 +132,8 @@ class GateConfig:
     bands: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     #: When a passed candidate still waits for a person (see ecom_ml.approval).
     approval: ApprovalPolicy = field(default_factory=ApprovalPolicy)
+    #: Further metrics gated against the best baseline and the champion (point estimates).
+    also_gated: Mapping[str, AlsoGated] = field(default_factory=dict)
     #: Where the values came from, for messages and the report.
     source: str = "<dict>"
 
@@ -256,6 +277,32 @@ class GateConfig:
         timeout = data.get("approval_timeout_hours", _OPTIONAL_KEYS["approval_timeout_hours"])
         if not _is_number(timeout) or not 0 < timeout <= 24 * 14:
             raise fail("approval_timeout_hours", f"must be a number of hours in (0, 336], got {timeout!r}")
+        raw_also = data.get("also_gated") or {}
+        if not isinstance(raw_also, Mapping):
+            raise fail("also_gated", f"must map metric -> {{higher_is_better, baseline_margin, champion_tolerance}}, "
+                                     f"got {type(raw_also).__name__}")
+        also: dict[str, AlsoGated] = {}
+        for metric, entry in raw_also.items():
+            where = f"also_gated.{metric}"
+            if str(metric) == primary:
+                raise fail(where, "repeats the primary metric, which is gated already")
+            if not isinstance(entry, Mapping):
+                raise fail(where, f"must map higher_is_better, baseline_margin, champion_tolerance, got {entry!r}")
+            extra = sorted(set(entry) - {"higher_is_better", "baseline_margin", "champion_tolerance"})
+            if extra:
+                raise fail(f"{where}.{extra[0]}", "is unknown (expected: higher_is_better, baseline_margin, "
+                                                   "champion_tolerance)")
+            for key in ("higher_is_better", "baseline_margin", "champion_tolerance"):
+                if key not in entry:
+                    raise fail(f"{where}.{key}", "is missing")
+            if not isinstance(entry["higher_is_better"], bool):
+                raise fail(f"{where}.higher_is_better", f"must be true or false, got {entry['higher_is_better']!r}")
+            for key, upper in (("baseline_margin", 10), ("champion_tolerance", 1)):
+                value = entry[key]
+                if not _is_number(value) or not 0 <= value < upper:
+                    raise fail(f"{where}.{key}", f"must be a number in [0, {upper:g}), got {value!r}")
+            also[str(metric)] = AlsoGated(entry["higher_is_better"], float(entry["baseline_margin"]),
+                                          float(entry["champion_tolerance"]))
 
         return cls(
             model=model,
@@ -272,6 +319,7 @@ class GateConfig:
             ungated_baselines=tuple(ungated),
             bands=bands,
             approval=ApprovalPolicy(mode, float(distance), on_drift, float(timeout)),
+            also_gated=also,
             source=source,
         )
 
@@ -291,6 +339,7 @@ class GateConfig:
             "ungated_baselines": list(self.ungated_baselines),
             "bands": {m: list(b) for m, b in self.bands.items()},
             **self.approval.to_dict(),
+            "also_gated": {m: asdict(a) for m, a in self.also_gated.items()},
             "source": self.source,
         }
 
@@ -363,7 +412,7 @@ def _flatten(result: Mapping[str, Any] | None, prefix: str = "") -> dict[str, An
 
 #: Bookkeeping fields of an evaluation result, not metrics: kept in the JSON, left out of the table.
 _NOT_METRICS = {"recommender", "ks", "cutoff", "test_end", "seconds", "history_len", "protocol", "version",
-                "params", "per_unit"}
+                "params", "per_unit", "tables", "undefined"}
 
 
 def _is_metric_row(key: str, value: Any) -> bool:
@@ -526,15 +575,27 @@ class GateReport:
 def _lookup(result: Mapping[str, Any] | None, *path: str) -> tuple[float | None, str]:
     """(value, problem): value is a finite float or None, and problem says why it is None."""
     node: Any = result
+    parent: Any = None
     for key in path:
         if not isinstance(node, Mapping) or key not in node:
-            return None, "missing"
-        node = node[key]
-    if isinstance(node, bool) or not isinstance(node, (int, float)):
-        return None, f"not a number ({node!r})"
-    if not math.isfinite(node):
+            return None, _undefined(node, key) or "missing"
+        parent, node = node, node[key]
+    if isinstance(node, bool) or not isinstance(node, (int, float)) or not math.isfinite(node):
+        why = _undefined(parent, path[-1]) if path else None
+        if why:
+            return None, why
+        if isinstance(node, bool) or not isinstance(node, (int, float)):
+            return None, f"not a number ({node!r})"
         return None, f"not finite ({node})"
     return float(node), ""
+
+
+def _undefined(node: Any, key: str) -> str | None:
+    """``undefined: <reason>`` when the result beside ``key`` says why it has no value."""
+    reasons = node.get("undefined") if isinstance(node, Mapping) else None
+    if isinstance(reasons, Mapping) and reasons.get(key):
+        return f"undefined: {reasons[key]}"
+    return None
 
 
 def _plain(value: Any) -> Any:
@@ -639,6 +700,57 @@ def _check_mapping(name: str, value: Any) -> Mapping[str, Any]:
     return value
 
 
+def _also_gated_checks(metric: str, rule: AlsoGated, candidate: Mapping[str, Any], champion: Mapping[str, Any] | None,
+                       gated: Mapping[str, Mapping[str, Any]], ungated: list[str],
+                       champion_unusable: str | None) -> list[Check]:
+    """``beats_best_baseline:<metric>`` and ``no_regression_vs_champion:<metric>`` on point estimates."""
+    higher = rule.higher_is_better
+    better = ">=" if higher else "<="
+    value, problem = _lookup(candidate, metric)
+    champ_value, champ_problem = _lookup(champion, metric) if champion is not None else (None, "")
+    scored = [(name, *_lookup(result, metric)) for name, result in gated.items()]
+    usable = [(name, v) for name, v, _ in scored if v is not None]
+    ignored = [f"{name} ({why})" for name, v, why in scored if v is None]
+    note = f"; ignored: {', '.join(ignored)}" if ignored else ""
+    if ungated:
+        note += f"; reported, not gated: {', '.join(ungated)}"
+    out: list[Check] = []
+    name = f"beats_best_baseline:{metric}"
+    if not usable:
+        why = "no baseline results given" if not gated else f"no baseline has a numeric {metric}"
+        out.append(Check(name, None, value, champ_value, None, False,
+                         f"{why}{note}; the gate needs at least one baseline", metric, better))
+    else:
+        best_name, best_value = (max if higher else min)(usable, key=lambda item: item[1])
+        factor = (1 + rule.baseline_margin) if higher else (1 - rule.baseline_margin)
+        threshold = best_value * factor
+        if value is None:
+            out.append(Check(name, threshold, None, champ_value, best_value, False,
+                             f"candidate {metric} is {problem}{note}", metric, better))
+        else:
+            ok = value >= threshold if higher else value <= threshold
+            out.append(Check(name, threshold, value, champ_value, best_value, ok,
+                             f"best baseline {best_name} {format_number(best_value)} x {factor:g} "
+                             f"(point estimate){note}", metric, better))
+    name = f"no_regression_vs_champion:{metric}"
+    if champion is None:
+        out.append(Check(name, None, value, None, None, True, champion_unusable or f"{NO_CHAMPION}: not applicable",
+                         metric, better, applicable=False))
+    elif champ_value is None:
+        out.append(Check(name, None, value, None, None, False, f"champion {metric} is {champ_problem}", metric, better))
+    else:
+        factor = (1 - rule.champion_tolerance) if higher else (1 + rule.champion_tolerance)
+        threshold = champ_value * factor
+        if value is None:
+            out.append(Check(name, threshold, None, champ_value, None, False, f"candidate {metric} is {problem}",
+                             metric, better))
+        else:
+            ok = value >= threshold if higher else value <= threshold
+            out.append(Check(name, threshold, value, champ_value, None, ok,
+                             f"champion {format_number(champ_value)} x {factor:g} (point estimate)", metric, better))
+    return out
+
+
 def evaluate_gate(
     config: GateConfig | str | Path,
     candidate: Mapping[str, Any],
@@ -735,6 +847,10 @@ def evaluate_gate(
                 "no_regression_vs_champion", threshold, cand_primary, champ_value, best_value, ok,
                 f"champion {format_number(champ_value)} x {factor:g}", primary, better,
             ))
+
+    # -- further gated metrics (point estimates) ------------------------------------------------------
+    for metric, rule in cfg.also_gated.items():
+        checks.extend(_also_gated_checks(metric, rule, candidate, champion, gated, ungated, champion_unusable))
 
     # -- slice floors --------------------------------------------------------------------------------
     best_result = baselines.get(best_name) if best_name is not None else None

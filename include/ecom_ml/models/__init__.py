@@ -93,6 +93,14 @@ REGISTRY: dict[str, ModelKind] = {
         steps="ecom_ml.demand.steps:DemandSteps",
         params="ecom_ml.demand.model:DemandTrainParams",
     ),
+    "propensity": ModelKind(
+        name="propensity",
+        description="purchase in the next 30 days: GRU over weekly behaviour + RFM, calibrated (Keras 3)",
+        trainer="ecom_ml.propensity.model:train",
+        loader="ecom_ml.propensity.model:load_model",
+        steps="ecom_ml.propensity.steps:PropensitySteps",
+        params="ecom_ml.propensity.model:PropensityTrainParams",
+    ),
 }
 
 

@@ -26,7 +26,11 @@ Decisions, and why:
 * **One trend point per day**: the newest version trained for that day (a re-run supersedes the
   earlier try), marked when any version of that day became champion.
 * **The primary metric is the gate's** (``ecom_ml/gates/<model>.yaml``), ``ndcg@10`` for a model
-  without a gate config, so the chart plots what decides promotion.
+  without a gate config, so the chart plots what decides promotion; the gate's ``also_gated``
+  metrics follow it (e.g. a propensity model's AUC beside its log-loss).
+* **Tables an evaluation carries are shown as they are**: a result's ``tables`` entry
+  (``{name: {"title", "columns", "rows"}}``, e.g. a reliability table) is rendered for the
+  champion without the view knowing what the table means.
 * **A day's latest quality result is the report in the raw zone**: ``check_quality`` rewrites it on
   every run, while publish/quarantine only copy it. The validated and quarantine partitions say
   whether the day was published.
@@ -115,6 +119,8 @@ class Champion:
     #: The evaluation logged with the version, nested as evaluated (slices, cost).
     metrics: dict[str, Any]
     mlflow_url: str | None = None
+    #: Tables its evaluation carries (``tables``: name -> {title, columns, rows}), shown as they are.
+    tables: dict[str, Any] = field(default_factory=dict)
     #: False when its version has no passing gate record or its alias move is not in the history
     #: (``Registry.verify_champion``: e.g. the alias was moved by hand over MLflow's REST API).
     verified: bool = True
@@ -274,6 +280,30 @@ def gate_metrics(model: str) -> tuple[str, str | None]:
     return cfg.primary_metric, cfg.source
 
 
+def also_gated_metrics(model: str) -> list[str]:
+    """The gate's further gated metrics (``also_gated``), in config order; none without a gate."""
+    from ecom_ml.gate import GateConfig, GateConfigError
+
+    try:
+        return list(GateConfig.load(model).also_gated)
+    except GateConfigError:
+        return []
+
+
+def champion_tables(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The well-formed entries of an evaluation's ``tables`` (title, columns, rows of cells)."""
+    raw = metrics.get("tables") if isinstance(metrics, Mapping) else None
+    out: dict[str, Any] = {}
+    for name, table in (raw or {}).items() if isinstance(raw, Mapping) else ():
+        if not isinstance(table, Mapping):
+            continue
+        columns, rows = table.get("columns"), table.get("rows")
+        if isinstance(columns, list) and isinstance(rows, list) and all(isinstance(r, list) for r in rows):
+            out[str(name)] = {"title": str(table.get("title") or name), "columns": [str(c) for c in columns],
+                              "rows": rows}
+    return out
+
+
 def primary_higher_is_better(model: str) -> bool:
     """Whether the gate's primary metric is better when higher (true without a gate config)."""
     from ecom_ml.gate import GateConfig, GateConfigError
@@ -391,6 +421,7 @@ def model_view(reg: Registry, model: str, *, candidates: int = DEFAULT_CANDIDATE
     """Champion, the newest ``candidates`` versions and one trend point per day for the newest ``days``
     days with a candidate. A model without versions gives an empty view (no candidate yet)."""
     primary, source = gate_metrics(model)
+    gated = [m for m in also_gated_metrics(model) if m != primary]
     champion_version = reg.champion_version(model)
     events = reg.history(model)
     ever_champion = {int(e["version"]) for e in events}
@@ -400,7 +431,7 @@ def model_view(reg: Registry, model: str, *, candidates: int = DEFAULT_CANDIDATE
     base = dict(name=model, dag_id=training_dag(model), primary_metric=primary, gate_config=source,
                 total_versions=len(versions), higher_is_better=primary_higher_is_better(model))
     if not versions:
-        metrics = [primary, *(m for m in SECONDARY_METRICS if m != primary)]
+        metrics = [primary, *gated, *(m for m in SECONDARY_METRICS if m != primary and m not in gated)]
         return ModelView(**base, metrics=metrics, champion=None, candidates=[], trend=[])
 
     newest_of_day: dict[str, Any] = {}
@@ -418,7 +449,8 @@ def model_view(reg: Registry, model: str, *, candidates: int = DEFAULT_CANDIDATE
     logged = _run_metrics(reg, model, run_ids)
     # A metric belongs in the view when it is the primary one or any shown run logged it.
     present = {key for run in logged.values() for key in run}
-    metrics = [primary, *(m for m in SECONDARY_METRICS if m != primary and metric_key(m) in present)]
+    metrics = [primary, *gated,
+               *(m for m in SECONDARY_METRICS if m != primary and m not in gated and metric_key(m) in present)]
 
     def values(run_id: str) -> dict[str, float | None]:
         run = logged.get(run_id, {})
@@ -460,6 +492,7 @@ def model_view(reg: Registry, model: str, *, candidates: int = DEFAULT_CANDIDATE
             reason=champion_info.reason, day=days_of_version.get(champion_info.version),
             run_id=champion_info.run_id, metrics=champion_info.metrics,
             mlflow_url=mlflow_url(reg, model, champion_info.version),
+            tables=champion_tables(champion_info.metrics),
             verified=check.verified, problems=list(check.problems),
         )
     return ModelView(**base, metrics=metrics, champion=champion, candidates=candidates_out, trend=trend,

@@ -163,7 +163,7 @@ def _model_section(section: ModelSection, links: Links) -> str:
 
 #: Bookkeeping fields of an evaluation result (as in the gate report's metrics table): not metrics.
 NOT_METRICS = frozenset({"recommender", "ks", "cutoff", "test_end", "seconds", "history_len", "protocol",
-                         "version", "day", "holdout_days", "params", "per_unit"})
+                         "version", "day", "holdout_days", "params", "per_unit", "tables", "undefined"})
 
 
 def _flat_metrics(values: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
@@ -209,8 +209,25 @@ def _champion_card(view: ModelView, links: Links) -> str:
         f"<dt>links</dt><dd>{links_html}</dd>"
         "</dl>"
         f'<table data-testid="champion-metrics"><thead><tr><th>metric (holdout at training)</th><th class="num">value</th>'
-        f"</tr></thead><tbody>{rows}</tbody></table></div>"
+        f"</tr></thead><tbody>{rows}</tbody></table>{_champion_tables(champ.tables)}</div>"
     )
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f'<td class="num">{e(fmt(value))}</td>'
+    return f"<td>{e(value)}</td>"
+
+
+def _champion_tables(tables: Mapping[str, Any]) -> str:
+    """Each table of the champion's evaluation (``tables``), as it was written: title, columns, rows."""
+    out = []
+    for name, table in tables.items():
+        head = "".join(f"<th>{e(c)}</th>" for c in table["columns"])
+        body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in table["rows"])
+        out.append(f'<h3>{e(table["title"])}</h3><table data-testid="champion-table" data-table="{e(name)}">'
+                   f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+    return "".join(out)
 
 
 def _candidates_table(view: ModelView, links: Links) -> str:

@@ -1,0 +1,399 @@
+"""Purchase-propensity features: each customer's weekly behaviour, RFM and tenure as of a cutoff,
+and the label "bought in the next ``label_days`` days", from the validated lake.
+
+One module computes every input the propensity model and its baselines see (feature job, trainer,
+evaluation, bench): a feature computed twice drifts.
+
+What is stored, and why: the features partition (``lake/features/propensity/dt=…``) holds the
+window's order lines reduced to what the features read (customer, order, product, placed, removed,
+units, spend), not examples already cut at each cutoff. The examples of any cutoff are then one
+function of that table (:func:`examples_at`), so the nightly training cutoffs, the validation
+cutoff, the holdout and a champion with another sequence length all read the same facts, and the
+partition stays the size of the window instead of (cutoffs x customers x weeks).
+
+Choices, and why:
+
+* **As of the cutoff.** An order counts as a purchase at a cutoff when it was not (yet) cancelled
+  or refunded then (``removed_at`` from the order history, as for the recommender and demand); an
+  order removed before the cutoff is a *refund* of the week it was placed in. Training labels are
+  read as known at the model's cutoff (the holdout start): an order refunded later still was a
+  purchase then. The holdout's labels are today's state.
+* **Population.** Every customer with an order placed before the cutoff (in the window), whatever
+  its status: a customer whose every order was refunded is scored (no purchase, refunds > 0)
+  rather than dropped. Lines without a customer cannot be attributed and are counted in the
+  manifest (``lines_without_customer``).
+* **Weeks end at the cutoff.** Position ``weeks - 1`` of the sequence is the 7 days just before the
+  cutoff; weeks before the lake window read as zero and the tenure says how much history there is.
+  Per week: orders, units, spend, distinct products (all of purchases as of the cutoff), refunds.
+* **Rolling cutoffs.** Training examples come from cutoffs every :data:`CUTOFF_STEP_DAYS` days
+  counted back from ``holdout_start - label_days`` (the latest cutoff whose label window ends at the
+  holdout start), never one whose label window reaches past it, down to the first cutoff with at
+  least :data:`MIN_HISTORY_DAYS` of lake history (in a short window: half the days before the
+  newest cutoff, so there are still several; at least one cutoff).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ecom_ml.errors import EcomError
+from ecom_ml.lake import FEATURES, Lake, Manifest
+
+DATASET = "propensity"
+FEATURE_VERSION = 1
+#: Days between two training cutoffs (one week: each customer appears at most once a week).
+CUTOFF_STEP_DAYS = 7
+#: Lake history a training cutoff needs before it (tenure and RFM of shorter ones are mostly window).
+MIN_HISTORY_DAYS = 56
+#: A customer is "new" at a cutoff when their first order is within this many days before it.
+NEW_CUSTOMER_DAYS = 30
+#: The per-week sequence's channels, in order.
+CHANNELS = ("orders", "units", "spend", "products", "refunds")
+#: The static (RFM and tenure) features, in order; see :func:`examples_at`.
+STATIC = ("log_recency_days", "log_tenure_days", "log_orders", "log_orders_90d", "log_orders_30d",
+          "log_spend", "log_avg_order_value", "refund_share", "has_purchase", "log_days_since_any_order")
+
+_TS = pa.timestamp("us", tz="UTC")
+_DAY_US = 86_400 * 1_000_000
+_WEEK_US = 7 * _DAY_US
+#: "Never removed": a sentinel later than any moment.
+_NEVER = np.iinfo(np.int64).max
+
+
+class PropensityFeatureError(EcomError):
+    """The lake or the settings cannot give propensity features; the message names what and where."""
+
+
+def day_start(day: date) -> datetime:
+    return datetime.combine(day, time(0), tzinfo=timezone.utc)
+
+
+def micros(moment: datetime) -> int:
+    return (moment - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1)
+
+
+@dataclass(frozen=True)
+class PropensityParams:
+    """What one feature build was asked for; stored in the manifest so the trainer and the evaluator
+    read one split. ``holdout_days`` is the label window (the days after the cutoff in which a
+    purchase makes the label 1); ``history_len`` the weeks of the behaviour sequence."""
+
+    day: date
+    window_days: int = 365
+    holdout_days: int = 30
+    history_len: int = 26
+    version: int = FEATURE_VERSION
+
+    def __post_init__(self) -> None:
+        if self.history_len < 1:
+            raise PropensityFeatureError(f"ecom_propensity_history_len={self.history_len}: must be at least 1 week")
+        if self.holdout_days < 1:
+            raise PropensityFeatureError(f"ecom_propensity_holdout_days={self.holdout_days}: must be at least 1 day")
+        if self.window_days < 2 * self.holdout_days + CUTOFF_STEP_DAYS:
+            raise PropensityFeatureError(
+                f"ecom_propensity_window_days={self.window_days}: with a {self.holdout_days}-day label window the "
+                f"window needs at least {2 * self.holdout_days + CUTOFF_STEP_DAYS} days (history before a training "
+                f"cutoff, its label window, then the holdout's)")
+
+    @property
+    def end(self) -> datetime:
+        return day_start(self.day + timedelta(days=1))
+
+    @property
+    def start(self) -> datetime:
+        return self.end - timedelta(days=self.window_days)
+
+    @property
+    def holdout_start(self) -> datetime:
+        """The holdout cutoff and the model's training cutoff: no training label reaches past it."""
+        return self.end - timedelta(days=self.holdout_days)
+
+    def training_cutoffs(self) -> list[datetime]:
+        """Rolling training cutoffs, newest first; the first is the validation cutoff."""
+        latest = self.holdout_start - timedelta(days=self.holdout_days)
+        history = min(MIN_HISTORY_DAYS, max(CUTOFF_STEP_DAYS, (latest - self.start).days // 2))
+        earliest = self.start + timedelta(days=history)
+        cutoffs = []
+        moment = latest
+        while moment >= earliest or not cutoffs:
+            cutoffs.append(moment)
+            moment -= timedelta(days=CUTOFF_STEP_DAYS)
+        return cutoffs
+
+    def to_dict(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc.update(day=self.day.isoformat(), window_start=self.start.isoformat(), window_end=self.end.isoformat(),
+                   holdout_start=self.holdout_start.isoformat(), label_days=self.holdout_days,
+                   training_cutoffs=[c.isoformat() for c in self.training_cutoffs()])
+        return doc
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> PropensityParams:
+        return cls(day=date.fromisoformat(doc["day"]), window_days=int(doc["window_days"]),
+                   holdout_days=int(doc["holdout_days"]), history_len=int(doc["history_len"]),
+                   version=int(doc.get("version", FEATURE_VERSION)))
+
+
+def build_features(tables: Mapping[str, pa.Table], params: PropensityParams) -> tuple[dict[str, pa.Table], dict[str, int]]:
+    """``({"lines": …}, counts)``: the window's order lines with customer, placed and removed times,
+    from the current orders of the window (``ecom_ml.ingest.current.current_orders``)."""
+    import pyarrow.compute as pc
+
+    from ecom_ml.features.recommender import removal_times
+
+    orders = tables["orders"]
+    created = orders.column("created_at").cast(_TS)
+    in_window = pc.and_(pc.greater_equal(created, pa.scalar(params.start, _TS)),
+                        pc.less(created, pa.scalar(params.end, _TS)))
+    orders = orders.filter(in_window)
+    no_customer = pc.is_null(orders.column("customer_id"))
+    removed = removal_times(tables)
+    head = pa.table({"order_id": orders.column("order_id").cast(pa.int64()),
+                     "customer_id": orders.column("customer_id").cast(pa.int64()),
+                     "created_at": orders.column("created_at").cast(_TS)})
+    head = head.join(removed, keys="order_id", join_type="left outer")
+    items = tables["order_items"]
+    lines = pa.table({
+        "order_id": items.column("order_id").cast(pa.int64()),
+        "product_id": items.column("product_id").cast(pa.int64()),
+        "quantity": items.column("quantity").cast(pa.float64()),
+        "unit_price": items.column("unit_price").cast(pa.float64()),
+    }).join(head, keys="order_id", join_type="inner")
+    orphan = pc.is_null(lines.column("customer_id"))
+    without_customer = int(pc.sum(orphan.cast(pa.int64())).as_py() or 0)
+    lines = lines.filter(pc.invert(orphan))
+    quantity = lines.column("quantity").to_numpy()
+    price = lines.column("unit_price").to_numpy()
+    negative = int((quantity < 0).sum() + (price < 0).sum())
+    units = np.clip(quantity, 0, None)
+    out = pa.table({
+        "customer_id": lines.column("customer_id"),
+        "order_id": lines.column("order_id"),
+        "product_id": lines.column("product_id"),
+        "created_at": lines.column("created_at"),
+        "removed_at": lines.column("removed_at").cast(_TS),
+        "units": pa.array(units, pa.float64()),
+        "spend": pa.array(units * np.clip(price, 0, None), pa.float64()),
+    }).sort_by([("customer_id", "ascending"), ("created_at", "ascending"), ("order_id", "ascending")])
+    removed_now = pc.is_valid(out.column("removed_at"))
+    counts = {
+        "lines": out.num_rows,
+        "orders": len(pc.unique(out.column("order_id"))),
+        "customers": len(pc.unique(out.column("customer_id"))),
+        "lines_removed": int(pc.sum(removed_now.cast(pa.int64())).as_py() or 0),
+        "lines_without_customer": without_customer,
+        "orders_without_customer": int(pc.sum(no_customer.cast(pa.int64())).as_py() or 0),
+        "negative_clipped": negative,
+    }
+    return {"lines": out}, counts
+
+
+def write_features(lake: Lake, params: PropensityParams, tables: Mapping[str, pa.Table],
+                   counts: Mapping[str, int]) -> Manifest:
+    return lake.write(FEATURES, DATASET, params.day, tables, extra={DATASET: {**params.to_dict(), "counts": dict(counts)}})
+
+
+def stored_params(lake: Lake, day: date) -> PropensityParams:
+    manifest = lake.manifest(FEATURES, DATASET, day)
+    if manifest is None or DATASET not in manifest.extra:
+        raise PropensityFeatureError(f"no propensity features for {day} under {lake.root}: run the features task first")
+    return PropensityParams.from_dict(manifest.extra[DATASET])
+
+
+def read_features(lake: Lake, day: date) -> tuple[PropensityParams, dict[str, pa.Table]]:
+    return stored_params(lake, day), lake.read(FEATURES, DATASET, day)
+
+
+# -- examples at a cutoff -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Facts:
+    """The stored lines as numpy arrays (times in epoch µs; never removed = a far-future sentinel;
+    orders and products as dense codes, since only their distinct counts are features)."""
+
+    customer: np.ndarray
+    order: np.ndarray
+    product: np.ndarray
+    created: np.ndarray
+    removed: np.ndarray
+    units: np.ndarray
+    spend: np.ndarray
+    #: True on one line of each order: the lines of an order share customer and times, so counting
+    #: these under a mask counts distinct orders without a sort.
+    first_line: np.ndarray
+
+    @classmethod
+    def from_tables(cls, tables: Mapping[str, pa.Table]) -> Facts:
+        lines = tables["lines"]
+        removed = lines.column("removed_at").cast(_TS).cast(pa.int64()).fill_null(_NEVER)
+        # Orders and products as dense codes (0 .. distinct-1): distinct counts pack (group, code) in one int64.
+        order_codes, order, = np.unique(lines.column("order_id").to_numpy(), return_index=True, return_inverse=True)[1:]
+        first_line = np.zeros(lines.num_rows, dtype=bool)
+        first_line[order_codes] = True
+        product = np.unique(lines.column("product_id").to_numpy(), return_inverse=True)[1]
+        return cls(
+            customer=lines.column("customer_id").to_numpy().astype(np.int64),
+            order=order.astype(np.int64),
+            product=product.astype(np.int64),
+            created=lines.column("created_at").cast(_TS).cast(pa.int64()).to_numpy(),
+            removed=removed.to_numpy(),
+            units=lines.column("units").to_numpy().astype(np.float64),
+            spend=lines.column("spend").to_numpy().astype(np.float64),
+            first_line=first_line,
+        )
+
+
+@dataclass(frozen=True)
+class Examples:
+    """One row per customer at one cutoff: the model's and the baselines' inputs, and the label."""
+
+    cutoff: datetime
+    customer_ids: np.ndarray  # (n,) sorted
+    sequence: np.ndarray  # (n, weeks, len(CHANNELS)) raw counts / amounts, oldest week first
+    static: np.ndarray  # (n, len(STATIC))
+    label: np.ndarray  # (n,) 1 = a purchase in the label window
+    new: np.ndarray  # (n,) first order within NEW_CUSTOMER_DAYS before the cutoff
+    spend: np.ndarray  # (n,) spend before the cutoff (as of it)
+    recency_days: np.ndarray  # (n,) days since the last purchase (since the first order without one)
+    label_purchases: int  # purchases (lines) in the label window over all customers, scored or not
+
+    def __len__(self) -> int:
+        return len(self.customer_ids)
+
+    def column(self, name: str) -> np.ndarray:
+        return self.static[:, STATIC.index(name)]
+
+    def take(self, rows: np.ndarray) -> Examples:
+        """The examples of ``rows`` (a mask or indices); ``label_purchases`` is kept as a whole-set count."""
+        from dataclasses import replace
+
+        return replace(self, customer_ids=self.customer_ids[rows], sequence=self.sequence[rows],
+                       static=self.static[rows], label=self.label[rows], new=self.new[rows], spend=self.spend[rows],
+                       recency_days=self.recency_days[rows])
+
+
+def concat(parts: list[Examples]) -> Examples:
+    """Several sets of examples stacked (the first one's cutoff names the result)."""
+    return Examples(
+        cutoff=parts[0].cutoff,
+        customer_ids=np.concatenate([p.customer_ids for p in parts]),
+        sequence=np.concatenate([p.sequence for p in parts]),
+        static=np.concatenate([p.static for p in parts]),
+        label=np.concatenate([p.label for p in parts]),
+        new=np.concatenate([p.new for p in parts]),
+        spend=np.concatenate([p.spend for p in parts]),
+        recency_days=np.concatenate([p.recency_days for p in parts]),
+        label_purchases=sum(p.label_purchases for p in parts),
+    )
+
+
+def validation_customers(customer_ids: np.ndarray) -> np.ndarray:
+    """Half of the customers, fixed by their id (a multiplicative hash): the calibration half."""
+    ids = np.asarray(customer_ids).astype(np.uint64)
+    return ((ids * np.uint64(2654435761)) >> np.uint64(7)) % np.uint64(2) == 0
+
+
+def _unique_count(groups: np.ndarray, keys: np.ndarray, size: int) -> np.ndarray:
+    """Distinct ``keys`` per group index (0 .. size-1); keys are small dense codes (see ``Facts``)."""
+    if len(groups) == 0:
+        return np.zeros(size)
+    width = int(keys.max()) + 1
+    pairs = np.unique(groups.astype(np.int64) * width + keys)
+    return np.bincount(pairs // width, minlength=size).astype(np.float64)
+
+
+def examples_at(facts: Facts, cutoff: datetime, label_days: int, weeks: int,
+                known_at: datetime | None = None) -> Examples:
+    """The examples of every customer with an order placed before ``cutoff``.
+
+    Features use what was known at ``cutoff``; the label is whether a purchase was placed in
+    ``[cutoff, cutoff + label_days)`` that was still a purchase at ``known_at`` (None: today's state,
+    for the holdout). See the module docstring for the rules.
+    """
+    c = micros(cutoff)
+    label_end = micros(cutoff + timedelta(days=label_days))
+    pre = facts.created < c
+    customers = np.unique(facts.customer[pre])
+    n = len(customers)
+    kept = pre & (facts.removed >= c)
+    refunded = pre & ~kept
+    index = np.searchsorted(customers, facts.customer)
+
+    # -- weekly sequence ---------------------------------------------------------------------------
+    age = (c - facts.created) // _WEEK_US  # 0: the week just before the cutoff
+    in_seq = pre & (age < weeks)
+    position = np.where(in_seq, weeks - 1 - age, 0)
+    cell = index * weeks + position
+    size = n * weeks
+    seq = np.zeros((size, len(CHANNELS)))
+    keep_seq = kept & in_seq
+    one = facts.first_line
+    seq[:, 0] = np.bincount(cell[keep_seq & one], minlength=size)
+    seq[:, 1] = np.bincount(cell[keep_seq], weights=facts.units[keep_seq], minlength=size)
+    seq[:, 2] = np.bincount(cell[keep_seq], weights=facts.spend[keep_seq], minlength=size)
+    seq[:, 3] = _unique_count(cell[keep_seq], facts.product[keep_seq], size)
+    ref_seq = refunded & in_seq
+    seq[:, 4] = np.bincount(cell[ref_seq & one], minlength=size)
+    sequence = seq.reshape(n, weeks, len(CHANNELS))
+
+    # -- RFM and tenure ----------------------------------------------------------------------------
+    first_any = np.full(n, np.iinfo(np.int64).max)
+    np.minimum.at(first_any, index[pre], facts.created[pre])
+    last_any = np.full(n, np.iinfo(np.int64).min)
+    np.maximum.at(last_any, index[pre], facts.created[pre])
+    last_kept = np.full(n, np.iinfo(np.int64).min)
+    np.maximum.at(last_kept, index[kept], facts.created[kept])
+    has_purchase = last_kept > np.iinfo(np.int64).min
+    days = float(_DAY_US)
+    tenure = (c - first_any) / days if n else np.zeros(0)
+    since_any = (c - last_any) / days if n else np.zeros(0)
+    recency = np.where(has_purchase, (c - np.where(has_purchase, last_kept, c)) / days, tenure)
+    orders = np.bincount(index[kept & one], minlength=n).astype(np.float64)
+    recent90 = kept & (facts.created >= c - 90 * _DAY_US)
+    recent30 = kept & (facts.created >= c - 30 * _DAY_US)
+    orders90 = np.bincount(index[recent90 & one], minlength=n).astype(np.float64)
+    orders30 = np.bincount(index[recent30 & one], minlength=n).astype(np.float64)
+    refunds = np.bincount(index[refunded & one], minlength=n).astype(np.float64)
+    spend = np.bincount(index[kept], weights=facts.spend[kept], minlength=n).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        aov = np.where(orders > 0, spend / np.maximum(orders, 1), 0.0)
+        refund_share = np.where(orders + refunds > 0, refunds / np.maximum(orders + refunds, 1), 0.0)
+    static = np.stack([np.log1p(recency), np.log1p(tenure), np.log1p(orders), np.log1p(orders90),
+                       np.log1p(orders30), np.log1p(spend), np.log1p(aov), refund_share,
+                       has_purchase.astype(np.float64), np.log1p(since_any)], axis=1) if n else np.zeros((0, len(STATIC)))
+
+    # -- label -------------------------------------------------------------------------------------
+    known = _NEVER if known_at is None else micros(known_at)
+    in_label = (facts.created >= c) & (facts.created < label_end) & (facts.removed >= known)
+    if known_at is None:
+        in_label &= facts.removed == _NEVER
+    scored = in_label & np.isin(facts.customer, customers)
+    label = np.zeros(n, dtype=np.int8)
+    label[index[scored]] = 1
+    return Examples(
+        cutoff=cutoff, customer_ids=customers, sequence=sequence.astype(np.float32), static=static.astype(np.float32),
+        label=label, new=(tenure <= NEW_CUSTOMER_DAYS) if n else np.zeros(0, dtype=bool), spend=spend,
+        recency_days=recency, label_purchases=int(in_label.sum()),
+    )
+
+
+def holdout_examples(facts: Facts, params: PropensityParams, weeks: int | None = None) -> Examples:
+    """The evaluation's examples: at the holdout start, labels as they stand today."""
+    return examples_at(facts, params.holdout_start, params.holdout_days, weeks or params.history_len)
+
+
+def training_examples(facts: Facts, params: PropensityParams, cutoffs: list[datetime], weeks: int,
+                      label_days: int, known_at: datetime) -> Examples:
+    """The examples of several cutoffs stacked (a customer once per cutoff), labels as of ``known_at``."""
+    parts = [examples_at(facts, cutoff, label_days, weeks, known_at) for cutoff in cutoffs]
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return examples_at(facts, cutoffs[0], label_days, weeks, known_at)
+    return concat(parts)
