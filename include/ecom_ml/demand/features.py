@@ -20,7 +20,9 @@ Choices, and why:
   weeks have no ``units_at_cutoff`` (null): the trainer cannot read them.
 * **Price.** A product-week's ``avg_price`` is the mean unit price of its kept lines, divided by the
   product's list price for ``rel_price`` (1 where it did not sell): promotions and price changes are
-  the demand signal the shop controls.
+  the demand signal the shop controls. The *price plan* of a week (``Panel.category_price``) is the
+  lines-weighted mean ``rel_price`` of the product's category that week: the shop discounts
+  categories, and a plan exists for weeks in which the product itself did not sell.
 * **Daily shape.** Daily series are too lumpy to forecast (on Online Retail II every simple daily
   forecast is worse than forecasting zero), so days appear only as ``daily_shape``: the share of
   the training weeks' units per weekday, which splits a weekly forecast into days.
@@ -364,7 +366,7 @@ LONG_WEEKS = 26
 LONG_QUANTILES = (0.25, 0.5, 0.75, 0.9)
 
 
-def _window(grid: np.ndarray, rows: np.ndarray, anchors: np.ndarray, length: int, known: Any) -> np.ndarray:
+def _window(rows: np.ndarray, anchors: np.ndarray, length: int, known: Any) -> np.ndarray:
     """(n, length) of ``known(anchor)[row]`` for the weeks just before each anchor, 0 before the window."""
     out = np.zeros((len(rows), length))
     for anchor in np.unique(anchors):
@@ -417,9 +419,9 @@ def model_inputs(panel: Panel, rows: np.ndarray, anchors: np.ndarray, history_le
     if plan.shape != (n, horizon):
         raise DemandFeatureError(f"price plan of shape {plan.shape}: one relative price per product and forecast "
                                  f"week is needed, ({n}, {horizon})")
-    lags = _window(panel.units, rows, anchors, history_len, panel.known)
-    longer = _window(panel.units, rows, anchors, LONG_WEEKS, panel.known)
-    lines = _window(panel.lines, rows, anchors, history_len, panel.known_lines)
+    lags = _window(rows, anchors, history_len, panel.known)
+    longer = _window(rows, anchors, LONG_WEEKS, panel.known)
+    lines = _window(rows, anchors, history_len, panel.known_lines)
     closed = np.zeros((n, history_len))
     price = np.ones((n, 4))
     for anchor in np.unique(anchors):

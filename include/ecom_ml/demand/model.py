@@ -229,7 +229,9 @@ class DemandForecaster:
             empty = np.zeros((0, self.horizon))
             return empty, empty
         encoded = self.encode(inputs)
-        out = np.concatenate([np.asarray(self.network({k: v[i:i + batch_size] for k, v in encoded.items()}, training=False))
+        # predict_on_batch runs Keras' compiled predict step (a traced function on TensorFlow, jit on
+        # JAX); a plain call runs the graph op by op: 50 ms against 5 ms for one product on the CPU.
+        out = np.concatenate([np.asarray(self.network.predict_on_batch({k: v[i:i + batch_size] for k, v in encoded.items()}))
                               for i in range(0, n, batch_size)])
         if out.ndim == 4:  # ensemble members on the last axis: their mean (still p50 <= p90, >= 0)
             out = out.mean(axis=-1)
