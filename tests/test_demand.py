@@ -12,7 +12,8 @@ import pytest
 
 from ecom_ml.demand.evaluation import (DemandEvaluationError, baselines, evaluate_panel, forecast_metrics,
                                        naive_scale, pinball, slices)
-from ecom_ml.demand.features import DemandFeatureError, DemandParams, Panel, build_features, model_inputs
+from ecom_ml.demand.features import (DemandFeatureError, DemandParams, Panel, build_features, model_inputs,
+                                     numeric_width)
 from ecom_ml.errors import EcomError
 
 TS = pa.timestamp("us", tz="UTC")
@@ -85,11 +86,22 @@ def test_model_inputs_read_only_what_was_known_before_the_anchor():
     panel = Panel.from_tables(PARAMS, built)
     inputs = model_inputs(panel, np.array([0, 0]), np.array([5, 1]), history_len=3, horizon=4, seasonal=False)
     scale = inputs["scale"][:, 0]
-    assert scale.tolist() == pytest.approx([1 + 5 / 3, 1 + 1])  # lags [5, 0, 0] and [0, 0, 3] (padded)
-    assert inputs["numeric"][0, :3].tolist() == pytest.approx([5 / scale[0], 0, 0])
-    assert inputs["numeric"][1, :3].tolist() == pytest.approx([0, 0, 3 / scale[1]])
-    assert inputs["numeric"].shape[1] == 2 * 3 + 4 + 3 + 4
-    assert model_inputs(panel, np.array([0]), np.array([5]), 3, 4, seasonal=True)["numeric"].shape[1] == 2 * 3 + 4 + 3 + 12
+    # lags [5, 0, 0] and [0, 0, 3] (padded); scale 1 + (mean + median) / 2
+    assert scale.tolist() == pytest.approx([1 + (5 / 3 + 0) / 2, 1 + (1 + 0) / 2])
+    numeric = inputs["numeric"]
+    assert numeric[0, :3].tolist() == pytest.approx([5 / scale[0], 0, 0])
+    assert numeric[1, :3].tolist() == pytest.approx([0, 0, 3 / scale[1]])
+    assert numeric.shape[1] == numeric_width(3, 4, seasonal=False) == 2 * 3 + 4 + 3 + 4 + 4 + 3 + 2 + 2 + 4 + 1 + 3 + 3
+    # The forecast weeks' price plan: the category's mean relative price (mugs at 8 of 10 in week 1).
+    assert numeric[1, 17:21].tolist() == pytest.approx(np.log([0.8, 1, 1, 1]).tolist())
+    assert numeric[0, 21:24].tolist() == pytest.approx([0, 0, 5 / scale[0]])  # the lags sorted
+    # Order lines placed in weeks 2-4 before anchor 5: order 3's line counts though it was cancelled
+    # later (it was placed); week 5 (the holdout) is never read.
+    assert panel.known_lines(5)[0].tolist() == [1, 1, 1, 0, 0]
+    assert numeric[0, 33:36].tolist() == pytest.approx([1 / (1 + 1 / 3), 0, 0])
+    assert numeric[0, 37] == pytest.approx(np.log1p(5 / 1))  # units per line over the lag window
+    assert model_inputs(panel, np.array([0]), np.array([5]), 3, 4, seasonal=True)["numeric"].shape[1] == \
+        numeric_width(3, 4, seasonal=True) == 39 + 8
 
 
 def test_metrics_by_hand():
@@ -242,3 +254,60 @@ def test_a_lake_with_less_history_than_the_horizon_is_one_line(tmp_path):
     assert str(info.value) == ("demand features of 2024-01-28: the lake has orders from 2023-11-27 only, 4 week(s) "
                                "before the 35-day holdout; training needs at least 5 (load more history, or wait)")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_product_with_one_week_of_history_and_a_week_without_sales_are_forecast_not_dropped(tmp_path):
+    """Bad input that loses nothing: product 2 sold in week 0 only (its week-3 line was a negative
+    quantity, clipped and counted), week 4 had no order at all; the real trainer learns from the
+    lake, and the evaluation forecasts both products, finite, p50 <= p90, non-negative."""
+    from ecom_ml import models
+    from ecom_ml.demand.features import write_features
+    from ecom_ml.lake import Lake
+
+    built, counts = build_features(tables(), PARAMS)
+    assert counts["negative_clipped"] == 1 and counts["empty_weeks"] == 6
+    panel = Panel.from_tables(PARAMS, built)
+    assert panel.closed_days[4] == 7 and panel.units[:, 4].sum() == 0  # a week without any sale
+    assert panel.known(5)[1].tolist() == [1, 0, 0, 0, 0]  # one week of history
+    lake = Lake((tmp_path / "lake").as_uri())
+    lake.init()
+    write_features(lake, PARAMS, built, counts)
+    kind = models.get("demand")
+    done = kind.train(models.TrainRequest(features=lake.root, day=PARAMS.day, out=str(tmp_path / "out"),
+                                          params={"epochs": 2, "members": 2}))
+    assert done["metrics"]["train_examples"] == 2  # anchor 1 (the only one with 4 target weeks), 2 products
+    model = kind.load(done["model_uri"])
+    rows = np.arange(2)
+    p50, p90 = model.forecast(model_inputs(panel, rows, np.full(2, 5), model.history_len, model.horizon, model.seasonal))
+    assert p50.shape == p90.shape == (2, 4)
+    assert np.isfinite(p90).all() and (p50 >= 0).all() and (p90 >= p50).all()
+    result = evaluate_panel(panel, {"candidate": model}, classical_forecasters=False)
+    assert result["products"] == 2 and result["candidate"]["product_weeks"] == 8
+    assert result["classical"] == {"skipped": "not asked"}
+    # No discounted week in the holdout (mugs at list price): no promotion to estimate.
+    assert result["candidate"]["price_response"] == {"product_weeks": 0, "estimated_change": None}
+
+
+def test_price_response_is_the_forecast_at_the_plan_over_the_forecast_at_the_usual_price():
+    from ecom_ml.demand.evaluation import price_response
+
+    built, _ = build_features(tables(), PARAMS)
+    panel = Panel.from_tables(PARAMS, built)
+
+    class PriceTaker:
+        """Forecasts 10 units a week at the usual price and 10 * price ** -2 at another."""
+
+        horizon, history_len, seasonal = 4, 3, False
+
+        def forecast(self, inputs):
+            p50 = 10 * np.exp(-2 * inputs["log_price"].astype(np.float64))
+            return p50, p50 * 2
+
+    promoted = np.zeros((2, 4), dtype=bool)
+    promoted[0, 0] = True  # product 1, holdout week 5 (sold at list: plan 1)
+    flat = price_response(panel, PriceTaker(), np.arange(2), promoted)
+    assert flat["estimated_change"] == pytest.approx(0.0) and flat["product_weeks"] == 1
+    discounted = Panel(**{**panel.__dict__, "category_price": np.where(np.arange(9) == 5, 0.8, panel.category_price)})
+    found = price_response(discounted, PriceTaker(), np.arange(2))  # both products' week 5 at 0.8
+    assert found["product_weeks"] == 2 and found["mean_relative_price"] == pytest.approx(0.8)
+    assert found["estimated_change"] == pytest.approx(0.8 ** -2 - 1)

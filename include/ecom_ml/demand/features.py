@@ -20,7 +20,9 @@ Choices, and why:
   weeks have no ``units_at_cutoff`` (null): the trainer cannot read them.
 * **Price.** A product-week's ``avg_price`` is the mean unit price of its kept lines, divided by the
   product's list price for ``rel_price`` (1 where it did not sell): promotions and price changes are
-  the demand signal the shop controls.
+  the demand signal the shop controls. The *price plan* of a week (``Panel.category_price``) is the
+  lines-weighted mean ``rel_price`` of the product's category that week: the shop discounts
+  categories, and a plan exists for weeks in which the product itself did not sell.
 * **Daily shape.** Daily series are too lumpy to forecast (on Online Retail II every simple daily
   forecast is worse than forecasting zero), so days appear only as ``daily_shape``: the share of
   the training weeks' units per weekday, which splits a weekly forecast into days.
@@ -274,7 +276,9 @@ class Panel:
     categories: np.ndarray  # (P,) str
     units: np.ndarray  # (P, W) today's state
     units_at_cutoff: np.ndarray  # (P, W) as at the cutoff; NaN in holdout weeks
+    lines: np.ndarray  # (P, W) order lines placed (whatever became of the order later)
     rel_price: np.ndarray  # (P, W) avg price / list price, 1 where not sold
+    category_price: np.ndarray  # (P, W) the product's category's mean rel_price that week (its price plan)
     first_week: np.ndarray  # (P,) first week sold before the cutoff, NaN if none
     week_of_year: np.ndarray  # (W,)
     holiday_days: np.ndarray  # (W,)
@@ -296,13 +300,26 @@ class Panel:
         avg = grid("avg_price")
         with np.errstate(invalid="ignore", divide="ignore"):
             rel = np.where(np.isfinite(avg) & (list_price[:, None] > 0), avg / list_price[:, None], 1.0)
+        rel = np.clip(rel, 0.05, 5.0)
+        categories = np.asarray(prods.column("category").to_pylist(), dtype=object)
+        lines = grid("lines")
+        sold = np.isfinite(avg) & (lines > 0)
+        _, cat_index = np.unique(categories.astype(str), return_inverse=True)
+        weight = np.zeros((cat_index.max() + 1 if n_p else 0, n_w))
+        priced = np.zeros_like(weight)
+        np.add.at(weight, cat_index, np.where(sold, lines, 0.0))
+        np.add.at(priced, cat_index, np.where(sold, lines * rel, 0.0))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            category_price = np.where(weight > 0, priced / weight, 1.0)[cat_index] if n_p else np.ones((0, n_w))
         return cls(
             params=params,
             product_ids=prods.column("product_id").to_numpy(),
-            categories=np.asarray(prods.column("category").to_pylist(), dtype=object),
+            categories=categories,
             units=grid("units"),
             units_at_cutoff=grid("units_at_cutoff"),
-            rel_price=np.clip(rel, 0.05, 5.0),
+            lines=lines,
+            rel_price=rel,
+            category_price=category_price,
             first_week=np.asarray(prods.column("first_week").to_numpy(zero_copy_only=False), dtype=np.float64),
             week_of_year=cal.column("week_of_year").to_numpy().astype(np.float64),
             holiday_days=cal.column("holiday_days").to_numpy().astype(np.float64),
@@ -317,6 +334,11 @@ class Panel:
         if anchor > cut:  # only when a trainer is run with a shorter holdout than the features'
             known = np.concatenate([known, self.units[:, cut:anchor]], axis=1)
         return known
+
+    def known_lines(self, anchor: int) -> np.ndarray:
+        """(P, anchor) order lines placed before week ``anchor``: a line placed is a fact of its week
+        (a later cancellation does not unplace it), so no as-of-cutoff variant is needed."""
+        return self.lines[:, :anchor]
 
     def first_order_week(self) -> int:
         """The first week with any order in the lake: weeks before it are missing history, not zero
@@ -338,35 +360,83 @@ class Panel:
 #: Retail II (one year) reading it anyway gave WAPE 0.645 / 0.721 / 0.836 for seeds 0 / 1 / 2 against
 #: 0.675 / 0.660 / 0.649 without it, and p90 coverage 0.83-0.88 against 0.91-0.92.
 SEASONAL_WEEKS = 104
+#: Weeks summarised (share of weeks sold, quantiles, mean) beside the lag window: half a year says
+#: whether a quiet quarter is usual for the product.
+LONG_WEEKS = 26
+LONG_QUANTILES = (0.25, 0.5, 0.75, 0.9)
+
+
+def _window(rows: np.ndarray, anchors: np.ndarray, length: int, known: Any) -> np.ndarray:
+    """(n, length) of ``known(anchor)[row]`` for the weeks just before each anchor, 0 before the window."""
+    out = np.zeros((len(rows), length))
+    for anchor in np.unique(anchors):
+        pick = anchors == anchor
+        values = known(int(anchor))[rows[pick]]
+        take = min(length, values.shape[1])
+        if take:
+            out[pick, length - take:] = values[:, values.shape[1] - take:]
+    return out
+
+
+def price_plan(panel: Panel, rows: np.ndarray, anchors: np.ndarray, horizon: int) -> np.ndarray:
+    """(n, horizon) relative price of each forecast week: the product's category's mean price that
+    week over its list prices (:attr:`Panel.category_price`), 1 (no change planned) past the window."""
+    weeks = anchors[:, None] + np.arange(horizon)[None, :]
+    inside = weeks < panel.category_price.shape[1]
+    plan = np.ones(weeks.shape)
+    if len(rows):
+        plan[inside] = panel.category_price[np.broadcast_to(rows[:, None], weeks.shape)[inside], weeks[inside]]
+    return plan
 
 
 def model_inputs(panel: Panel, rows: np.ndarray, anchors: np.ndarray, history_len: int, horizon: int,
-                 seasonal: bool) -> dict[str, np.ndarray]:
+                 seasonal: bool, plan: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The forecaster's inputs for product rows ``rows`` forecasting weeks ``anchor .. anchor+horizon-1``.
 
-    Lags are scaled by the series' recent level (``1 + mean`` of the lag weeks) so one global model
-    fits slow and fast movers; ``scale`` goes in too, and the model multiplies its output by it.
-    Weeks before the window's start read as 0 (a product with one week of history is a valid input:
-    its age says how little is known). ``seasonal``: whether the week of year goes in (see
-    :data:`SEASONAL_WEEKS`); the holiday days of the target weeks always do.
+    Units are scaled by the series' recent level, ``scale = 1 + (mean + median) / 2`` of the lag
+    weeks, so one global model fits slow and fast movers; the model multiplies its output by it.
+    The median half matters: one wholesale order inflates a mean, and with a mean-only scale the
+    network's output unit is too big for exactly the lumpy series (Online Retail II, 4 test weeks,
+    seed 0: WAPE 0.648 with the mean, 0.611 with this scale, same features otherwise).
+
+    Beside the scaled lags go the same lags sorted (order statistics, from which an MLP reads a
+    median or a quantile directly), the share of weeks with a sale and quantiles over
+    :data:`LONG_WEEKS`, and the order lines per week (how many orders, not how big: a wholesale
+    order is one line of many units; units per line says how big a product's orders are). Without
+    the lines the same run gave 0.679 against 0.648. Weeks before the window's start read as 0 (a
+    product with one week of history is a valid input: its age says how little is known).
+    ``seasonal``: whether the week of year goes in (see :data:`SEASONAL_WEEKS`); the holiday days of
+    the target weeks always do.
+
+    The forecast weeks' prices are an input like their holidays, known in advance because the shop
+    sets them: ``plan`` (n, horizon), relative to list price; by default :func:`price_plan`, the
+    category's mean price of each week (a promotion discounts a category). Training reads the price
+    its target weeks had; a forecast reads the plan, and the evaluation's promotion check forecasts
+    the same weeks at the plan and at 1 (usual price) to show what the model learned of price.
     """
     n = len(rows)
-    lags = np.zeros((n, history_len))
+    plan = price_plan(panel, rows, anchors, horizon) if plan is None else np.asarray(plan, dtype=np.float64)
+    if plan.shape != (n, horizon):
+        raise DemandFeatureError(f"price plan of shape {plan.shape}: one relative price per product and forecast "
+                                 f"week is needed, ({n}, {horizon})")
+    lags = _window(rows, anchors, history_len, panel.known)
+    longer = _window(rows, anchors, LONG_WEEKS, panel.known)
+    lines = _window(rows, anchors, history_len, panel.known_lines)
     closed = np.zeros((n, history_len))
     price = np.ones((n, 4))
     for anchor in np.unique(anchors):
         pick = anchors == anchor
-        known = panel.known(int(anchor))[rows[pick]]
-        take = min(history_len, known.shape[1])
+        take = min(history_len, int(anchor))
         if take:
-            lags[pick, history_len - take:] = known[:, known.shape[1] - take:]
             closed[pick, history_len - take:] = panel.closed_days[int(anchor) - take:int(anchor)] / 7.0
         pw = min(4, int(anchor))
         if pw:
             price[pick, 4 - pw:] = panel.rel_price[rows[pick], int(anchor) - pw:int(anchor)]
     level = lags.mean(axis=1)
-    scale = 1.0 + level
+    scale = 1.0 + (level + np.median(lags, axis=1)) / 2
     recent = lags[:, -min(4, history_len):].mean(axis=1)
+    line_scale = 1.0 + lines.mean(axis=1)
+    per_line = lags.sum(axis=1) / np.maximum(lines.sum(axis=1), 1.0)
     age = np.where(np.isfinite(panel.first_week[rows]), anchors - panel.first_week[rows], 0.0)
     age = np.clip(age, 0, None)
     target_weeks = (anchors[:, None] + np.arange(horizon)[None, :]).astype(np.int64)
@@ -378,14 +448,22 @@ def model_inputs(panel: Panel, rows: np.ndarray, anchors: np.ndarray, history_le
         if n else np.zeros((0, horizon))
     angle = 2 * np.pi * woy / 52.18
     seasonality = [np.sin(angle), np.cos(angle)] if seasonal else []
+    unit = scale[:, None]
+    quantiles = np.quantile(longer, LONG_QUANTILES, axis=1).T if n else np.zeros((0, len(LONG_QUANTILES)))
     numeric = np.concatenate([
-        lags / scale[:, None], closed, np.log(price),
-        np.log1p(level)[:, None], np.log((1 + recent) / scale)[:, None], np.log1p(age)[:, None],
-        *seasonality, hol / 7.0,
+        lags / unit, closed, np.log(price),
+        np.log1p(level)[:, None], np.log((1 + recent) / (1 + level))[:, None], np.log1p(age)[:, None],
+        *seasonality, hol / 7.0, np.log(np.clip(plan, 0.05, 5.0)),
+        np.sort(lags, axis=1) / unit, (lags > 0).mean(axis=1, keepdims=True), (longer > 0).mean(axis=1, keepdims=True),
+        np.median(lags, axis=1, keepdims=True) / unit, longer.mean(axis=1, keepdims=True) / unit, quantiles / unit,
+        np.log(unit), lines / line_scale[:, None], np.log(line_scale)[:, None], np.log1p(per_line)[:, None],
+        (np.log1p(per_line) - np.log(scale))[:, None],
     ], axis=1).astype(np.float32)
-    return {"numeric": numeric, "scale": scale[:, None].astype(np.float32),
+    return {"numeric": numeric, "scale": unit.astype(np.float32),
+            "log_price": np.log(np.clip(plan, 0.05, 5.0)).astype(np.float32),
             "product_id": panel.product_ids[rows].astype(np.int64), "category": panel.categories[rows]}
 
 
 def numeric_width(history_len: int, horizon: int, seasonal: bool) -> int:
-    return 2 * history_len + 4 + 3 + (3 if seasonal else 1) * horizon
+    return 2 * history_len + 4 + 3 + (4 if seasonal else 2) * horizon + history_len + 2 + 2 \
+        + len(LONG_QUANTILES) + 1 + history_len + 3
