@@ -83,7 +83,8 @@ class DemandSteps:
                               model.seasonal)
         frame = pd.DataFrame({"product_id": inputs["product_id"], "category": inputs["category"].astype(str),
                               "scale": inputs["scale"][:, 0].astype(np.float64),
-                              "numeric": list(inputs["numeric"].astype(np.float64))})
+                              "numeric": list(inputs["numeric"].astype(np.float64)),
+                              "log_price": list(inputs["log_price"].astype(np.float64))})
         return frame, panel
 
     def serving_signature(self) -> Any:
@@ -93,7 +94,7 @@ class DemandSteps:
 
         return ModelSignature(
             inputs=Schema([ColSpec("long", "product_id"), ColSpec("string", "category"), ColSpec("double", "scale"),
-                           ColSpec(Array("double"), "numeric")]),
+                           ColSpec(Array("double"), "numeric"), ColSpec(Array("double"), "log_price")]),
             outputs=Schema([ColSpec("long", "product_id"), ColSpec("integer", "horizon_week"),
                             ColSpec("double", "p50"), ColSpec("double", "p90")]),
         )
@@ -114,11 +115,13 @@ class DemandSteps:
                     history_len, horizon, seasonal = params.history_len, params.horizon_weeks, False
 
                 frame, _ = self.batch_inputs(lake, day, _Shape)
-                return frame.head(3).assign(numeric=lambda f: f["numeric"].map(list))
+                return frame.head(3).assign(numeric=lambda f: f["numeric"].map(list),
+                                            log_price=lambda f: f["log_price"].map(list))
             except EcomError:
                 pass
         width = numeric_width(13, 4, False)
-        return pd.DataFrame({"product_id": [1], "category": ["unknown"], "scale": [1.0], "numeric": [[0.0] * width]})
+        return pd.DataFrame({"product_id": [1], "category": ["unknown"], "scale": [1.0], "numeric": [[0.0] * width],
+                             "log_price": [[0.0] * 4]})
 
     def serve(self, model: Any, frame: Any, params: dict[str, Any]) -> Any:
         """p50 and p90 of units per product for each of the model's forecast weeks (1 = next week)."""
@@ -130,6 +133,9 @@ class DemandSteps:
         inputs = {"numeric": numeric, "scale": np.asarray(frame["scale"], dtype=np.float32)[:, None],
                   "category": np.asarray(frame["category"], dtype=object),
                   "product_id": np.asarray(frame["product_id"], dtype=np.int64)}
+        if "log_price" in frame:  # the forecast weeks' planned prices (log of price / usual price)
+            inputs["log_price"] = (np.stack([np.asarray(v, dtype=np.float32) for v in frame["log_price"]])
+                                   if len(frame) else np.zeros((0, model.horizon), dtype=np.float32))
         p50, p90 = model.forecast(inputs)
         horizon = p50.shape[1] if p50.ndim == 2 else 0
         return pd.DataFrame({"product_id": np.repeat(inputs["product_id"], horizon),
