@@ -78,7 +78,8 @@ def test_propensity_model_is_evaluated_gated_and_promoted_and_the_view_shows_it(
     from ecom_ml.ui import models_data, models_html
 
     dag = _dag(monkeypatch, pipeline)
-    assert set(dag.task_ids) == {"features", "train", "evaluate", "gate", "promote"} and set(dag.params) == {"day"}
+    assert set(dag.task_ids) == {"features", "train", "evaluate", "gate", "approve", "promote", "publish"}
+    assert set(dag.params) == {"day"}
     assert list(dag.timetable.asset_condition.objects) == [ORDERS_VALIDATED]
     assert dag.get_task("train").arguments[:2] == ["--model", "propensity"]
 
@@ -103,6 +104,21 @@ def test_propensity_model_is_evaluated_gated_and_promoted_and_the_view_shows_it(
     checks = {c["name"]: c for c in report["checks"]}
     assert {"beats_best_baseline", "beats_best_baseline:auc", "band:ece:max", "max_p99_ms"} <= set(checks)
     assert checks["beats_best_baseline"]["comparison"] == "<=" and checks["beats_best_baseline"]["interval"]
+    # What the shop's CRM reads (ml.purchase_propensity) and what `mlflow models serve` answers: the
+    # same calibrated probabilities, from the candidate's own folder and the day's features.
+    from ecom_ml.propensity.model import load_model
+    from ecom_ml.propensity.steps import PropensitySteps
+
+    steps, lake = PropensitySteps(), Lake(pipeline["ECOM_LAKE_ROOT"])
+    published = steps.predictions(lake, LAST, trained["model_uri"]).arrow()
+    probabilities = published.column("probability").to_numpy()
+    assert published.num_rows >= candidate["customers"] and ((probabilities > 0) & (probabilities < 1)).all()
+    example = steps.input_example(lake, LAST)
+    assert list(example.columns) == [c.name for c in steps.serving_signature().inputs.inputs]
+    served = steps.serve(load_model(trained["model_uri"]), example, {})
+    by_customer = dict(zip(published.column("customer_id").to_pylist(), probabilities))
+    assert [by_customer[c] for c in served["customer_id"]] == pytest.approx(list(served["probability"]))
+
     if not report["passed"]:
         # The gate said why, the run failed visibly and nothing was promoted. Measured on these 98
         # generated days: the model (AUC 0.738, log-loss 0.482) does not beat the RFM logistic

@@ -67,6 +67,98 @@ class PropensitySteps:
                                  **measure_latency(single_scores(model, examples), n=LATENCY_REQUESTS)}
         return out
 
+    # -- serving (ecom_ml.serving, ecom_ml.publishing) ------------------------------------------------
+
+    def live_examples(self, lake: Lake, day: date, weeks: int) -> Any:
+        """Every customer with an order in ``day``'s window, as of the end of ``day``: the scores the
+        CRM reads tomorrow (who buys in the next ``holdout_days``). The label part is empty (future)."""
+        from ecom_ml.propensity.features import Facts, examples_at, read_features
+
+        params, tables = read_features(lake, day)
+        return examples_at(Facts.from_tables(tables), params.end, params.holdout_days, weeks)
+
+    def serving_signature(self) -> Any:
+        from mlflow.models import ModelSignature
+        from mlflow.types import ColSpec, Schema
+        from mlflow.types.schema import Array
+
+        return ModelSignature(
+            inputs=Schema([ColSpec("long", "customer_id"), ColSpec(Array("double"), "sequence"),
+                           ColSpec(Array("double"), "static")]),
+            outputs=Schema([ColSpec("long", "customer_id"), ColSpec("double", "probability")]),
+        )
+
+    def input_example(self, lake: Lake | None, day: date | None) -> Any:
+        """A few customers' inputs: ``sequence`` is the weekly behaviour flattened week by week
+        (oldest first, the channels of ``ecom_ml.propensity.features.CHANNELS`` in each week),
+        ``static`` the RFM and tenure features (``STATIC``)."""
+        import pandas as pd
+
+        from ecom_ml.propensity.features import CHANNELS, STATIC, stored_params
+
+        if lake is not None and day is not None:
+            try:
+                examples = self.live_examples(lake, day, stored_params(lake, day).history_len)
+                return _frame(examples).head(3)
+            except EcomError:
+                pass
+        weeks = SETTING_DEFAULTS["history_len"]
+        return pd.DataFrame({"customer_id": [1], "sequence": [[0.0] * (weeks * len(CHANNELS))],
+                             "static": [[0.0] * len(STATIC)]})
+
+    def serve(self, model: Any, frame: Any, params: dict[str, Any]) -> Any:
+        """The calibrated probability of a purchase in the next ``holdout_days`` per customer."""
+        import numpy as np
+        import pandas as pd
+
+        from ecom_ml.propensity.features import CHANNELS, STATIC, Examples
+
+        n = len(frame)
+        weeks = model.history_len
+        try:
+            sequence = (np.stack([np.asarray(v, dtype=np.float64) for v in frame["sequence"]]).reshape(
+                n, weeks, len(CHANNELS)) if n else np.zeros((0, weeks, len(CHANNELS))))
+            static = (np.stack([np.asarray(v, dtype=np.float64) for v in frame["static"]]) if n
+                      else np.zeros((0, len(STATIC))))
+        except ValueError as exc:
+            raise EcomError(f"propensity request: each row needs {weeks * len(CHANNELS)} sequence values "
+                            f"({weeks} weeks x {len(CHANNELS)} channels) and {len(STATIC)} static values ({exc})") from None
+        ids = np.asarray(frame["customer_id"], dtype=np.int64)
+        zeros = np.zeros(n)
+        examples = Examples(cutoff=datetime.min, customer_ids=ids, sequence=sequence, static=static, label=zeros,
+                            new=zeros.astype(bool), spend=zeros, recency_days=zeros, label_purchases=0)
+        return pd.DataFrame({"customer_id": ids, "probability": model.predict(examples)})
+
+    def predictions(self, lake: Lake, day: date, model_dir: str) -> Any:
+        """``ml.purchase_propensity``: per customer with an order in the window, the probability of a
+        purchase in the ``holdout_days`` after ``day``."""
+        import pyarrow as pa
+
+        from ecom_ml.propensity.model import load_model
+        from ecom_ml.publishing import PredictionSet
+
+        model = load_model(model_dir)
+        out = self.serve(model, _frame(self.live_examples(lake, day, model.history_len)), {})
+        rows = pa.table({"customer_id": pa.array(out["customer_id"], pa.int64()),
+                         "probability": pa.array(out["probability"], pa.float64())})
+        return PredictionSet(PROPENSITY_TABLE, PROPENSITY_COLUMNS, rows, key=("customer_id",),
+                             description="probability of a purchase in the next days (calibrated)")
+
+
+#: ``ml.purchase_propensity``: one row per customer.
+PROPENSITY_TABLE = "purchase_propensity"
+PROPENSITY_COLUMNS = {"customer_id": "bigint", "probability": "double precision"}
+
+
+def _frame(examples: Any) -> Any:
+    """Examples as the pyfunc model's input rows (see ``PropensitySteps.input_example``)."""
+    import pandas as pd
+
+    n = len(examples)
+    return pd.DataFrame({"customer_id": examples.customer_ids.astype("int64"),
+                         "sequence": list(examples.sequence.reshape(n, -1).astype(float)),
+                         "static": list(examples.static.astype(float))})
+
 
 def single_scores(model: Any, examples: Any) -> Any:
     """One customer's probability per call, cycling through the holdout's customers (for measure_latency)."""
