@@ -67,7 +67,7 @@ def test_new_customers_get_popularity_and_every_row_has_k_items(trained):
     known = int(ranker._ids[0])
     got = ranker.recommend(np.array([known, 10_000]), [np.zeros(0, dtype=np.int64)] * 2, 10)
     assert got.shape == (2, 10) and (got != -1).all()
-    assert got[1].tolist() == ranker.features.index.decode(ranker.features.popular[:10]).tolist()
+    assert got[1].tolist() == ranker.index.decode(ranker.popular[:10]).tolist()
     assert len(set(got[0].tolist())) == 10
 
 
