@@ -357,17 +357,22 @@ class LearnedRanker:
             raise RankerError(f"the ranker's training interactions reach past the cutoff {cutoff.isoformat()}: "
                               "pass only what precedes it (split.train)")
         _TS = pa.timestamp("us", tz="UTC")
+        # Labels cover ``label_days``, but a window needs history before it: with less than twice that
+        # much training data (a long holdout on a short window) the windows shrink to half of it.
+        span_days = int((to_micros(cutoff) - int(df["ts"].min())) // _DAY_US) if len(df) else 0
+        label_days = p.label_days if span_days >= 2 * p.label_days else max(1, span_days // 2)
+        self.label_days = label_days
         windows = []  # (t0, interactions before t0, label lines in [t0, t0 + label_days))
         for w in range(1, p.n_windows + 1):
-            t0 = cutoff - timedelta(days=p.label_days * w)
-            t0_us, t1_us = to_micros(t0), to_micros(t0 + timedelta(days=p.label_days))
+            t0 = cutoff - timedelta(days=label_days * w)
+            t0_us, t1_us = to_micros(t0), to_micros(t0 + timedelta(days=label_days))
             before = train.filter(pc.less(train.column("ts"), pa.scalar(t0, _TS)))
             window = df[(df["ts"] >= t0_us) & (df["ts"] < t1_us)]
             if before.num_rows == 0 or window.empty:
                 break
             windows.append((t0, before, window))
         if not windows:
-            raise RankerError(f"no labelled window of {p.label_days} days before {cutoff.date()}: cannot train the ranker")
+            raise RankerError(f"no labelled window of {label_days} days before {cutoff.date()}: cannot train the ranker")
         earliest, first_before, _ = windows[-1]
         retrieval = retrieval_factory(first_before, earliest) if retrieval_factory is not None else None
         self.retrieval_trained_until = earliest if retrieval is not None else None
@@ -380,7 +385,7 @@ class LearnedRanker:
             ys.append(_labels(window, known, rows, codes, feats.index))
         x, y = np.concatenate(xs), np.concatenate(ys)
         if len(y) == 0 or y.max() == 0:
-            raise RankerError(f"the {len(windows)} labelled window(s) of {p.label_days} days before {cutoff.date()} "
+            raise RankerError(f"the {len(windows)} labelled window(s) of {label_days} days before {cutoff.date()} "
                               "hold no repeat customer's purchase among the candidates: nothing to learn from")
         mean, std = x.mean(axis=0), x.std(axis=0)
         # A feature constant over the training windows (e.g. sales 30-60 days before a cutoff when the
@@ -395,13 +400,14 @@ class LearnedRanker:
         self.train_examples, self.positive_rate, self.n_windows = len(y), float(y.mean()), len(windows)
         self.n_features = int(x.shape[1])
         if log:
-            log(f"{len(y):,} examples from {len(windows)} window(s) of {p.label_days} days (positives {y.mean():.3%}), "
+            log(f"{len(y):,} examples from {len(windows)} window(s) of {label_days} days (positives {y.mean():.3%}), "
                 f"{x.shape[1]} features, fitted in {time.perf_counter() - started:.1f} s")
         features = CandidateFeatures(train, cutoff, p, prices, retrieval, categories)
         self.index, self.popular = features.index, features.popular
         self._precompute(features)
         self.train_seconds = time.perf_counter() - started
-        self.params = {**asdict(p), "train_examples": self.train_examples, "windows": self.n_windows,
+        self.params = {**asdict(p), "label_days_used": label_days, "train_examples": self.train_examples,
+                       "windows": self.n_windows,
                        "retrieval": retrieval is not None, "train_seconds": round(self.train_seconds, 1)}
         if log:
             log(f"candidates of {len(self._ids):,} customers precomputed; {self.train_seconds:.1f} s in all")
