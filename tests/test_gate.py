@@ -331,27 +331,25 @@ def test_unknown_model_and_missing_file(tmp_path):
     assert GateConfig.load(_write(tmp_path, GOOD)).slices == {"new": {"recall@10": 0.02}}
 
 
-def test_ungated_baselines_are_reported_but_not_the_bar(config, tmp_path):
-    """The packaged recommender gate leaves the stronger classical baselines ungated for now: a
-    candidate that loses to decayed_frequency_ease still passes, and the report says so."""
-    assert set(config.ungated_baselines) == {"ease", "repeat_then_ease", "decayed_frequency_ease"}
+def test_every_baseline_is_gated_unless_listed_as_ungated(config, tmp_path):
+    """The packaged recommender gate gates every baseline: a candidate that loses to
+    decayed_frequency_ease fails. A baseline listed in ``ungated_baselines`` is reported, not gated."""
+    assert config.ungated_baselines == ()
     strong = {**BASELINES, "decayed_frequency_ease": _result(0.330, recall10=0.31)}
-    report = evaluate_gate(config, _result(0.300), None, strong)
+    strict = evaluate_gate(config, _result(0.300), None, strong)
+    assert not strict.passed and strict.best_baseline == "decayed_frequency_ease", strict.summary_line()
+    from importlib import resources
+
+    text = resources.files("ecom_ml.gates").joinpath("recommender.yaml").read_text("utf-8")
+    assert "ungated_baselines: []" in text
+    path = tmp_path / "ungated.yaml"
+    path.write_text(text.replace("ungated_baselines: []", "ungated_baselines: [decayed_frequency_ease]"))
+    report = evaluate_gate(GateConfig.load(path), _result(0.300), None, strong)
     check = _check(report, "beats_best_baseline")
     assert report.passed and report.best_baseline == "repeat_purchase", report.summary_line()
     assert "reported, not gated: decayed_frequency_ease" in check.detail
     assert "decayed_frequency_ease" in report.to_markdown()  # still shown beside the candidate
-    # With the list emptied, the same candidate fails against the strongest baseline.
-    from importlib import resources
-
-    text = resources.files("ecom_ml.gates").joinpath("recommender.yaml").read_text("utf-8")
-    path = tmp_path / "all.yaml"
-    path.write_text(text.replace("ungated_baselines: [ease, repeat_then_ease, decayed_frequency_ease]",
-                                 "ungated_baselines: []"))
-    strict = evaluate_gate(GateConfig.load(path), _result(0.300), None, strong)
-    assert not strict.passed and strict.best_baseline == "decayed_frequency_ease"
-    path.write_text(text.replace("ungated_baselines: [ease, repeat_then_ease, decayed_frequency_ease]",
-                                 "ungated_baselines: ease"))
+    path.write_text(text.replace("ungated_baselines: []", "ungated_baselines: ease"))
     with pytest.raises(GateConfigError, match="key 'ungated_baselines' must be a list of baseline names"):
         GateConfig.load(path)
 

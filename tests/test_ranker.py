@@ -67,7 +67,7 @@ def test_new_customers_get_popularity_and_every_row_has_k_items(trained):
     known = int(ranker._ids[0])
     got = ranker.recommend(np.array([known, 10_000]), [np.zeros(0, dtype=np.int64)] * 2, 10)
     assert got.shape == (2, 10) and (got != -1).all()
-    assert got[1].tolist() == ranker.features.index.decode(ranker.features.popular[:10]).tolist()
+    assert got[1].tolist() == ranker.index.decode(ranker.popular[:10]).tolist()
     assert len(set(got[0].tolist())) == 10
 
 
@@ -84,8 +84,9 @@ def test_bad_settings_and_no_labelled_window_are_one_line():
     with pytest.raises(RankerError, match="learning_rate must be in"):
         RankerParams(learning_rate=2.0)
     shop = _scheduled_shop(customers=5)
-    early = datetime(2024, 1, 3, tzinfo=timezone.utc)
+    # One day of data: even windows shrunk to half the history (1 day) have nothing before them.
+    early = datetime(2024, 1, 2, tzinfo=timezone.utc)
     before = shop.filter(pc.less(shop.column("ts"), pa.scalar(early, pa.timestamp("us", tz="UTC"))))
-    with pytest.raises(RankerError, match="no labelled window of 7 days before 2024-01-03") as info:
+    with pytest.raises(RankerError, match="no labelled window of 1 days before 2024-01-02") as info:
         LearnedRanker(before, early, PARAMS)
     assert "\n" not in str(info.value)

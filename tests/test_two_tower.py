@@ -36,7 +36,7 @@ from ecom_ml.models.recommender import (  # noqa: E402
     TwoTowerRecommender,
     Vocab,
     fit,
-    load_recommender,
+    load_two_tower,
     prepare,
     resolve_features,
     save_model_dir,
@@ -273,7 +273,7 @@ def test_save_load_round_trip_gives_identical_recommendations(tmp_path: Path) ->
         tmp_path / "model",
     )
     before = TwoTowerRecommender(model, vocab)
-    after = load_recommender(str(tmp_path / "model"))
+    after = load_two_tower(str(tmp_path / "model"))
     assert isinstance(after.model, TwoTower)
     customers = np.r_[vocab.customer_ids[:6], [-5, 123_456_789]]  # known, and two unknown
     histories = [vocab.product_ids[rng.choice(n_items, 3, replace=False)] for _ in range(7)] + [
@@ -402,6 +402,7 @@ def test_entrypoint_end_to_end(tmp_path: Path, lake_root: str) -> None:
         "5",
         "--seed",
         "3",
+        "--retrieval",
         env={"ECOM_XCOM_PATH": str(xcom)},
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -418,11 +419,17 @@ def test_entrypoint_end_to_end(tmp_path: Path, lake_root: str) -> None:
     }
     metrics = doc["metrics"]
     assert metrics["train_examples"] > 0 and metrics["holdout_interactions"] > 0
-    assert len(metrics["loss_per_epoch"]) == 2 and np.isfinite(metrics["final_loss"])
+    assert np.isfinite(metrics["final_loss"]) and metrics["label_windows"] >= 1 and 0 < metrics["positive_rate"] < 1
+    # The two-tower (stage 1) trained with the given settings, on the data before the ranker's windows.
+    assert metrics["retrieval_examples"] > 0 and np.isfinite(metrics["retrieval_final_loss"])
+    # ... and never on a day any of the ranker's label windows (7 days each, the holdout's length) covers.
+    meta = json.loads((out / "model" / "model.json").read_text())
+    earliest_label = datetime(2024, 3, 24, tzinfo=timezone.utc) - timedelta(days=7 * metrics["label_windows"])
+    assert datetime.fromisoformat(meta["retrieval"]["trained_until"]) == earliest_label, meta["retrieval"]
     assert doc["params"]["epochs"] == 2 and doc["params"]["seed"] == 3 and doc["params"]["learning_rate"] > 0
     assert doc["model_size_bytes"] == sum(p.stat().st_size for p in (out / "model").iterdir())
-    assert {p.name for p in (out / "model").iterdir()} == {"two_tower.keras", "model.json", "ids.npz"}
-    assert set(doc["seconds"]) == {"read", "prepare", "train", "export", "total"}
+    assert {p.name for p in (out / "model").iterdir()} == {"ranker.keras", "model.json", "candidates.npz"}
+    assert set(doc["seconds"]) == {"read", "train", "retrieval", "export", "total"}
     assert f"-> {doc['return_uri']}" in done.stdout
     # The evaluator's loader, through the registry.
     recommender = get("recommender").load(doc["model_uri"])

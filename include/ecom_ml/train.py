@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     tuning.add_argument("--id-dropout", type=float, help="share of examples trained as an unknown customer")
     tuning.add_argument("--pooling", choices=["attention", "mean"], help="how the history is pooled")
     tuning.add_argument("--seed", type=int, help="random seed (training is deterministic on CPU for a seed)")
+    tuning.add_argument("--retrieval", action=argparse.BooleanOptionalAction, default=None,
+                        help="recommender: also train the two-tower retrieval stage (the options above are its own)")
     parser.epilog = "defaults: " + "; ".join(f"{name}: {_defaults(name)}" for name in names())
     return parser
 
@@ -109,6 +111,7 @@ _PARAMS = (
     "id_dropout",
     "pooling",
     "seed",
+    "retrieval",
 )
 
 

@@ -79,7 +79,7 @@ class ModelKind:
 REGISTRY: dict[str, ModelKind] = {
     "recommender": ModelKind(
         name="recommender",
-        description="two-tower retrieval with a learned repeat-purchase bias (Keras 3)",
+        description="two stages: own items, EASE and two-tower candidates, then a learned ranker (Keras 3)",
         trainer="ecom_ml.models.recommender:train",
         loader="ecom_ml.models.recommender:load_recommender",
         steps="ecom_ml.models.recommender_steps:RecommenderSteps",
