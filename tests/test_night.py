@@ -108,7 +108,7 @@ def test_a_night_trains_and_promotes_through_the_scheduler(flavour, request, pg_
 
         keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="lake", Prefix="mlflow-artifacts/")
                 .get("Contents", [])]
-        assert any(k.endswith("/model/ranker.keras") for k in keys), "MLflow's artifacts went to s3://"
+        assert any(k.endswith("/ranker.keras") for k in keys), "MLflow's artifacts went to s3://"
         assert any(k.startswith("nightly/models/recommender/") for k in
                    (o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="lake", Prefix="nightly/models/")
                     .get("Contents", []))), "the trainer wrote its model to the s3:// lake"
