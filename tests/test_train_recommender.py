@@ -127,8 +127,8 @@ def test_first_model_is_promoted_then_a_worse_candidate_is_blocked(pipeline, mon
 
     # A candidate trained on far less history that sees only each customer's last product (the
     # window still holds 2 x 7 days before the holdout's end, for the baselines' validation split)
-    # is worse than the repeat baseline: the gate blocks it and the champion stays. (The champion is
-    # re-scored with the same one-product histories, so it is not the check that fails here.)
+    # is far worse than the champion re-scored on the same holdout (NDCG@10 about -0.12, measured):
+    # the gate blocks it and the champion stays.
     monkeypatch.setenv("AIRFLOW_VAR_ECOM_RECOMMENDER_WINDOW_DAYS", "15")
     monkeypatch.setenv("AIRFLOW_VAR_ECOM_RECOMMENDER_HISTORY_LEN", "1")
     second = dag.test(run_conf={"day": LAST.isoformat()})
@@ -147,9 +147,10 @@ def test_first_model_is_promoted_then_a_worse_candidate_is_blocked(pipeline, mon
     blocked = json.loads((out2 / "gate_report.json").read_text())
     assert blocked["passed"] is False
     failed = {c["name"] for c in blocked["checks"] if not c["passed"]}
-    assert "beats_best_baseline" in failed, failed
+    assert "no_regression_vs_champion" in failed, failed
     regression = next(c for c in blocked["checks"] if c["name"] == "no_regression_vs_champion")
     assert regression["applicable"] is True and blocked["champion"] is not None
+    assert regression["interval"]["high"] < 0, "the candidate is worse than the champion beyond the noise"
     versions = [e for e in registry.history("recommender")]
     assert versions and versions[-1]["version"] == champion.version
 
