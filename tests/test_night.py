@@ -179,8 +179,10 @@ def _served_champion_answers_as_published(env: dict[str, str], lake_root: str, d
                                    "data": [[c, [int(p) for p in h]] for c, h in zip(ids, frame["history"])]},
                "params": {"k": 50}}
     include = str(Path(__file__).resolve().parents[1] / "include")
+    # `mlflow models serve` starts its HTTP server as a command found on PATH (uvicorn): the venv's
+    # bin first, as an activated environment has it (`make test` runs .venv/bin/python unactivated).
     child_env = {**os.environ, **{k: v for k, v in env.items() if k.startswith(("MLFLOW_", "ECOM_"))},
-                 "PYTHONPATH": include}
+                 "PYTHONPATH": include, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
 
     def rows(records: list[dict]) -> list[tuple]:
         return sorted((int(r["customer_id"]), int(r["rank"]), int(r["product_id"])) for r in records)
@@ -199,20 +201,23 @@ def _served_champion_answers_as_published(env: dict[str, str], lake_root: str, d
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/recommender@champion",
                                "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
                               env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    up, served = False, None
     try:
         deadline = time.monotonic() + 240
-        while True:
+        while not up and server.poll() is None and time.monotonic() < deadline:
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
+                up = True
             except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, "mlflow models serve did not come up"
                 time.sleep(1)
-        call = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(request).encode(),
-                                      headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(call, timeout=120) as response:
-            served = json.loads(response.read())["predictions"]
+        if up:
+            call = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(request).encode(),
+                                          headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(call, timeout=120) as response:
+                served = json.loads(response.read())["predictions"]
     finally:
-        os.killpg(server.pid, 15)
+        if server.poll() is None:
+            os.killpg(server.pid, 15)
         output = server.communicate(timeout=30)[0].decode(errors="replace")
+    assert up, f"mlflow models serve did not come up (exit {server.returncode}): {output[-3000:]}"
     assert rows(served) == published, output[-3000:]

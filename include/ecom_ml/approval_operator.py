@@ -53,6 +53,11 @@ class PromotionApproval(ApprovalOperator):
         return super().execute(context)
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        """Record the answer, then let ``ApprovalOperator`` act on it.
+
+        Recorded *before* the parent's handling: on "Reject" it skips the downstream tasks by raising
+        (Airflow 3's ``SkipMixin.skip``), so nothing after it would run.
+        """
         from ecom_ml import decisions, registry
 
         gated = self._gated(context)
@@ -60,18 +65,21 @@ class PromotionApproval(ApprovalOperator):
         ti = context["ti"]
         key = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}"
         reg = registry.get_registry()
-        try:
-            answer = super().execute_complete(context, event)
-        except HITLTimeoutError:
+        if "error" in event:
             hours = float((gated.get("approval") or {}).get("timeout_hours") or 24)
-            decisions.record(reg, self.model, version, "timed_out", "airflow",
-                             f"nobody answered within {hours:g} h", key=key)
-            raise AirflowFailException(f"{self.model} v{version}: nobody approved it within {hours:g} h; "
-                                       f"not promoted (trigger the day again to ask again)") from None
-        user = answer.get("responded_by_user") or {}
+            try:
+                super().execute_complete(context, event)
+            except HITLTimeoutError:
+                decisions.record(reg, self.model, version, "timed_out", "airflow",
+                                 f"nobody answered within {hours:g} h", key=key)
+                raise AirflowFailException(f"{self.model} v{version}: nobody approved it within {hours:g} h; "
+                                           f"not promoted (trigger the day again to ask again)") from None
+        self.validate_chosen_options(event["chosen_options"])
+        user = event.get("responded_by_user") or {}
         who = str(user.get("name") or user.get("id") or "unknown")
-        if answer["chosen_options"][0] != self.APPROVE:
+        if event["chosen_options"][0] != self.APPROVE:
             decisions.record(reg, self.model, version, "rejected", who, f"rejected in Airflow ({key})", key=key)
+            super().execute_complete(context, event)  # skips promote and publish (by raising)
             return {"approved": False, "by": who, "version": version}
         stale = decisions.superseded(reg, self.model, version, gated.get("champion_at_gate"))
         if stale:
@@ -79,6 +87,7 @@ class PromotionApproval(ApprovalOperator):
             raise AirflowFailException(f"{self.model} v{version}: the approval by {who} is refused: {stale}; "
                                        f"not promoted")
         decisions.record(reg, self.model, version, "approved", who, f"approved in Airflow ({key})", key=key)
+        super().execute_complete(context, event)
         return {"approved": True, "by": who, "version": version}
 
 
