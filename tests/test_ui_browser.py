@@ -275,6 +275,11 @@ def _respond(page, run_url: str, option: str, shot: str, timeout: float = 900) -
         assert state not in ("failed", "upstream_failed", "success", "skipped"), f"approve ended {state} unasked"
         assert time.monotonic() < deadline, f"approve did not ask for a person within {timeout:.0f} s ({state})"
         page.wait_for_timeout(3000)
+    # A person reads the report before answering. Answering within the scheduler's first loops after
+    # the task parked lost the task once (Airflow 3.3.2: the executor's "success" for the parking
+    # process arrived after the answer had resumed the task, and the scheduler failed it as "state
+    # changed externally"); the scheduler has long seen the park by the time a person has read.
+    page.wait_for_timeout(15_000)
     page.goto(f"{run_url}/tasks/approve/required_actions")
     page.get_by_text("Gate PASSED").first.wait_for()  # the body: the gate report
     _shot(page, shot)
