@@ -57,19 +57,7 @@ def record(reg: Registry, model: str, version: int, decision: str, actor: str, r
 
 def decisions(reg: Registry, model: str) -> list[dict[str, Any]]:
     """Every recorded decision on ``model``'s versions, oldest first."""
-    found = reg._registered_model(model)  # noqa: SLF001 - the registry's own lookup (None when absent)
-    if found is None:
-        return []
-    events = []
-    for tag in sorted(k for k in (found.tags or {}) if k.startswith(DECISION_TAG_PREFIX)):
-        try:
-            event = json.loads(found.tags[tag])
-            event["version"] = int(event["version"])
-        except (ValueError, KeyError, TypeError):
-            log.warning("%s: decision tag %s is not an ecom-ml decision; skipped", model, tag)
-            continue
-        events.append(event)
-    return events
+    return reg.tagged_events(model, DECISION_TAG_PREFIX)
 
 
 def superseded(reg: Registry, model: str, version: int, champion_at_gate: int | None) -> str | None:

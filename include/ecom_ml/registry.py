@@ -860,16 +860,22 @@ class Registry:
     def history(self, model_name: str) -> list[dict[str, Any]]:
         """Every promotion and rollback, oldest first: ``at, action, model, version,
         previous_champion, actor, reason``."""
+        return self.tagged_events(model_name, HISTORY_TAG_PREFIX)
+
+    def tagged_events(self, model_name: str, prefix: str) -> list[dict[str, Any]]:
+        """The JSON documents stored as registered-model tags under ``prefix`` (each with an integer
+        ``version``), oldest first by tag name; a tag that is not one is logged and skipped. The
+        promotion history and the approval decisions (``ecom_ml.decisions``) are kept this way."""
         model = self._registered_model(self._check_model_name(model_name))
         if model is None:
             return []
         events = []
-        for key in sorted(k for k in (model.tags or {}) if k.startswith(HISTORY_TAG_PREFIX)):
+        for key in sorted(k for k in (model.tags or {}) if k.startswith(prefix)):
             try:
                 event = json.loads(model.tags[key])
                 event["version"] = int(event["version"])
             except (ValueError, KeyError, TypeError):
-                log.warning("%s: history tag %s is not an ecom-ml event; skipped", model_name, key)
+                log.warning("%s: tag %s is not an ecom-ml event; skipped", model_name, key)
                 continue
             events.append(event)
         return events
