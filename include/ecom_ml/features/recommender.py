@@ -389,6 +389,7 @@ def interactions_from_orders(
     items = tables["order_items"]
     if "order_item_id" not in items.column_names:  # hand-made tables: lines are their own ids
         items = items.append_column("order_item_id", pa.array(np.arange(items.num_rows, dtype=np.int64)))
+        tables = {name: table for name, table in tables.items() if name != "refund_lines"}
     states = line_states({**tables, "order_items": items})
     lines = pa.table(
         {

@@ -51,7 +51,11 @@ def line_states(tables: Mapping[str, pa.Table]) -> pa.Table:
     from ecom_ml.features.recommender import removal_times
 
     items = tables["order_items"]
-    item_ids = items.column("order_item_id").to_numpy().astype(np.int64)
+    if "order_item_id" in items.column_names:
+        item_ids = items.column("order_item_id").to_numpy().astype(np.int64)
+    else:  # hand-made tables without line ids: nothing can refer to a line, so no refunds apply
+        item_ids = np.arange(items.num_rows, dtype=np.int64)
+        tables = {name: table for name, table in tables.items() if name != "refund_lines"}
     order_ids = items.column("order_id").to_numpy().astype(np.int64)
     quantity = items.column("quantity").to_numpy().astype(np.int64)
     n = len(item_ids)
