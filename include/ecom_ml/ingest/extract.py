@@ -1,12 +1,12 @@
 """Pull one day of orders out of the shop's database as Arrow tables with an explicit schema.
 
-Which rows: every order *created or updated* in ``[start, end)`` - or with a line refunded in it
-(``refund_lines.refunded_at``) - with its current state, all its lines and all their refunds so
-far, plus the customers and products those rows reference. That is change capture by
-``updated_at``: a cancellation or refund arriving days later shows up again in the partition of the
-day it happened (with every refund of the order up to then), and readers keep the latest version of
-each order (see ``ecom_ml.ingest.current``). The refund clause catches a shop that records a refund
-without touching the order row. Each
+Which rows: every order *created or updated* in ``[start, end)`` with its current state, all its
+lines and all their line-level refunds so far (``refund_lines``), plus the customers and products
+those rows reference. That is change capture by ``updated_at``: a cancellation or refund arriving
+days later shows up again in the partition of the day it happened (with every refund of the order up
+to then), and readers keep the latest version of each order (see ``ecom_ml.ingest.current``). A
+refund is a change of its order, so whoever writes one moves the order's ``updated_at`` (the importer
+and the generator do, as a shop's refund flow updates the order's status). Each
 run reads and writes only its own day, so backfills of different days never touch each other.
 
 How: ``COPY (…) TO STDOUT (FORMAT csv)`` streamed through a pipe into pyarrow's multi-threaded CSV
@@ -153,10 +153,7 @@ def extract_day(url: str, start: datetime, end: datetime) -> Extract:
                 """CREATE TEMP TABLE day_orders ON COMMIT DROP AS
                    SELECT order_id FROM orders WHERE created_at >= %(s)s AND created_at < %(e)s
                    UNION
-                   SELECT order_id FROM orders WHERE updated_at >= %(s)s AND updated_at < %(e)s
-                   UNION
-                   SELECT i.order_id FROM refund_lines r JOIN order_items i USING (order_item_id)
-                   WHERE r.refunded_at >= %(s)s AND r.refunded_at < %(e)s""",
+                   SELECT order_id FROM orders WHERE updated_at >= %(s)s AND updated_at < %(e)s""",
                 {"s": start, "e": end},
             )
             cur.execute("ANALYZE day_orders")

@@ -21,7 +21,6 @@ CREATE TABLE refund_lines (
     UNIQUE (source_ref, source_line, order_item_id)
 );
 
--- Extraction reaches refunds through their order line ("the refunds of the day's orders") and finds
--- refunds recorded in the interval by refunded_at (a refund written without touching the order).
+-- Extraction reaches refunds through their order line ("the refunds of the day's orders"; a refund
+-- is a change of its order, so writing one moves orders.updated_at, as the status change does).
 CREATE INDEX refund_lines_order_item_id_idx ON refund_lines (order_item_id);
-CREATE INDEX refund_lines_refunded_at_idx ON refund_lines (refunded_at);
