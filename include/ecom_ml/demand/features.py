@@ -140,16 +140,6 @@ def holiday_days(first: datetime, days: int = 7) -> int:
     return sum((d.month, d.day) in HOLIDAYS for d in (first.date() + timedelta(days=i) for i in range(days)))
 
 
-def _removed_at(tables: Mapping[str, pa.Table]) -> dict[int, int]:
-    """order_id -> epoch µs at which the order entered the excluded state it is in now."""
-    from ecom_ml.features.recommender import removal_times
-
-    removed = removal_times(tables)
-    ids = removed.column("order_id").to_numpy()
-    stamps = removed.column("removed_at").cast(pa.int64()).to_numpy()
-    return dict(zip(ids.tolist(), stamps.tolist(), strict=True))
-
-
 def _micros(moment: datetime) -> int:
     return (moment - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1)
 

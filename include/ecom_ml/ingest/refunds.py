@@ -40,11 +40,6 @@ REFUND_TYPE = pa.list_(pa.struct([pa.field("at", _TS), pa.field("quantity", pa.i
 NEVER = np.iinfo(np.int64).max
 
 
-def has_refund_data(tables: Mapping[str, pa.Table]) -> bool:
-    """Whether the tables carry line-level refunds at all (an older lake has no ``refund_lines``)."""
-    return tables.get("refund_lines") is not None
-
-
 def line_states(tables: Mapping[str, pa.Table]) -> pa.Table:
     """Per order line: ``order_item_id``, ``order_id``, ``quantity`` (as ordered), ``removed_at``
     (nullable) and ``refunds`` (list of ``at``/``quantity``, in time order); see the module doc."""

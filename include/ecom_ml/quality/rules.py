@@ -10,7 +10,7 @@ late changes), ``prices`` (unit and list prices) and ``drift``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pyarrow as pa
@@ -221,6 +221,4 @@ def refunds_within_ordered(tables: Mapping[str, pa.Table], usable: Mapping[str, 
     result = rows_result(WITHIN_ORDERED, config, description, violation="more refunded than the line ordered",
                          unexpected=count, total=refunds.num_rows,
                          sample=sample_rows(refunds, positions[: config.sample_rows], config.sample_rows))
-    from dataclasses import replace
-
     return replace(result, rows=tuple(positions))
