@@ -196,7 +196,7 @@ def test_a_day_without_any_order_or_change_publishes_an_empty_partition(ingest):
     run = run_day(dag, quiet)
     assert str(run.state) == "success", _task_states(run)
     manifest = lake.manifest(VALIDATED, DATASET, quiet)
-    assert manifest.rows == {"customers": 0, "order_items": 0, "orders": 0, "products": 0}
+    assert manifest.rows == {"customers": 0, "order_items": 0, "orders": 0, "products": 0, "refund_lines": 0}
     assert manifest.extra["quality"] == "warning"
     tables = lake.read(VALIDATED, DATASET, quiet)
     assert str(tables["orders"].schema.field("created_at").type) == "timestamp[us, tz=UTC]"
