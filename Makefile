@@ -3,6 +3,8 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 BIN := .venv/bin
 PYTEST_ARGS ?=
+# Two xdist workers (tests/conftest.py groups each module on one worker); TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
 
 .PHONY: help venv browser setup demo test airflow stop bench constraints clean
 
@@ -27,7 +29,7 @@ demo: setup
 	@$(BIN)/python -m ecom_ml.demo
 
 test: setup browser
-	@$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 airflow: setup
 	@$(BIN)/ecom-ml ui start

@@ -78,6 +78,51 @@ def scratch_dbs(pg_server: settings_mod.Settings) -> Iterator[Callable[..., dict
         yield lambda *kinds: {k: stack.enter_context(scratch_database(pg_server, f"test_{k}")) for k in kinds}
 
 
+
+@pytest.fixture(scope="module")
+def training_pipeline(pg_server, scratch_dbs, tmp_path_factory) -> Callable[..., dict[str, str]]:
+    """Factory for the training-DAG tests: ``training_pipeline(start, days, **generator)`` generates
+    ``days`` days of orders into a scratch orders DB, ingests each day through the ingest DAG's own
+    task functions (extract, quality check, publish) into a new lake, and returns the environment a
+    training DAG run needs: that lake, the orders DB, a scratch MLflow registry and local training.
+
+    The days are ingested by the task functions, not the scheduler: what these tests show is the
+    training DAG; the nightly tests (``tests/test_night.py``) run ingestion through the scheduler.
+    """
+    from datetime import datetime, timedelta, timezone
+
+    from ecom_ml.db.migrate import migrate
+    from ecom_ml.generator import GeneratorConfig, generate, parse_injections
+    from ecom_ml.ingest.tasks import IngestConfig, check_quality, extract_to_raw, publish
+    from ecom_ml.lake import Lake
+
+    def build(start, days: int, **generator) -> dict[str, str]:
+        names = scratch_dbs("orders", "mlflow")
+        orders_url = pg_server.local_url(names["orders"])
+        migrate(orders_url)
+        config = {"customers": None, "products": None, "injections": parse_injections(""), **generator}
+        generate(orders_url, GeneratorConfig(start=start, days=days, **config), progress=False)
+        root = tmp_path_factory.mktemp("pipeline")
+        lake_root = (root / "lake").as_uri()
+        Lake(lake_root).init()  # lake roots are created on purpose (`ecom-ml lake init`), never by a write
+        cfg = IngestConfig(lake_root=lake_root, orders_url=orders_url)
+        for offset in range(days):
+            day = start + timedelta(days=offset)
+            begin = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+            extract_to_raw(cfg, begin, begin + timedelta(days=1))
+            publish(cfg, check_quality(cfg, begin, begin + timedelta(days=1)))
+        return {
+            "ECOM_LAKE_ROOT": lake_root,
+            "AIRFLOW_CONN_ORDERS_DB": orders_url,
+            "MLFLOW_TRACKING_URI": pg_server.local_url(names["mlflow"], "postgresql+psycopg2"),
+            "ECOM_MLFLOW_ARTIFACTS": (root / "mlflow-artifacts").as_uri(),
+            "ECOM_MODEL_CACHE": str(root / "model-cache"),
+            "ECOM_TASK_RETRIES": "0",
+            "ECOM_TRAINING_MODE": "local",
+        }
+
+    return build
+
 def _redis_answers(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
@@ -136,3 +181,31 @@ def s3_server(monkeypatch) -> Iterator[dict[str, str]]:
         yield env
     finally:
         server.stop()
+
+
+#: Test modules that take minutes, longest first (measured by `--durations` on the 2-core CI machine).
+#: `make test` runs the suite on two xdist workers; handing these out first keeps one long module
+#: from starting last and running alone at the end.
+SLOW_FIRST = ("test_ui_browser", "test_night", "test_train_recommender", "test_train_propensity",
+              "test_train_demand")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Order the slow modules first and give every module one xdist group.
+
+    With ``--dist loadgroup`` a group runs on one worker, in order, so module-scoped fixtures (a
+    generated lake, a trained champion the next test reads) are built once and tests that build on
+    each other keep their order. ``test_night``'s executor flavours are independent nights, so each
+    is a group of its own and two nights can run side by side. ``tryfirst``: xdist reads the groups
+    in its own hook of this name.
+    """
+    def rank(item: pytest.Item) -> int:
+        name = item.module.__name__ if item.module else ""
+        return SLOW_FIRST.index(name) if name in SLOW_FIRST else len(SLOW_FIRST)
+
+    items.sort(key=rank)  # stable: the order inside a module is kept
+    for item in items:
+        module = item.module.__name__ if item.module else item.nodeid
+        group = item.nodeid if module == "test_night" else module
+        item.add_marker(pytest.mark.xdist_group(group))

@@ -12,9 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from ecom_ml.generator import GeneratorConfig, generate, parse_injections
-from ecom_ml.ingest.tasks import IngestConfig, check_quality, extract_to_raw, publish
-from ecom_ml.lake import Lake
 
 START = date(2024, 1, 1)
 DAYS = 42
@@ -22,34 +19,9 @@ LAST = START + timedelta(days=DAYS - 1)
 
 
 @pytest.fixture(scope="module")
-def pipeline(pg_server, scratch_dbs, tmp_path_factory):
+def pipeline(training_pipeline):
     """A validated lake of 42 generated days and a registry of its own; env for the DAG."""
-    from ecom_ml.db.migrate import migrate
-
-    names = scratch_dbs("orders", "mlflow")
-    orders_url = pg_server.local_url(names["orders"])
-    migrate(orders_url)
-    generate(orders_url, GeneratorConfig(start=START, days=DAYS, orders_per_day=400, seed=21, customers=None,
-                                         products=None, injections=parse_injections("")), progress=False)
-    root = tmp_path_factory.mktemp("pipeline")
-    lake_root = (root / "lake").as_uri()
-    Lake(lake_root).init()  # lake roots are created on purpose, never by a write
-    cfg = IngestConfig(lake_root=lake_root, orders_url=orders_url)
-    for offset in range(DAYS):
-        day = START + timedelta(days=offset)
-        begin = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
-        extract_to_raw(cfg, begin, begin + timedelta(days=1))
-        publish(cfg, check_quality(cfg, begin, begin + timedelta(days=1)))
-    env = {
-        "ECOM_LAKE_ROOT": lake_root,
-        "AIRFLOW_CONN_ORDERS_DB": orders_url,
-        "MLFLOW_TRACKING_URI": pg_server.local_url(names["mlflow"], "postgresql+psycopg2"),
-        "ECOM_MLFLOW_ARTIFACTS": (root / "mlflow-artifacts").as_uri(),
-        "ECOM_MODEL_CACHE": str(root / "model-cache"),
-        "ECOM_TASK_RETRIES": "0",
-        "ECOM_TRAINING_MODE": "local",
-    }
-    return env
+    return training_pipeline(START, DAYS, orders_per_day=400, seed=21)
 
 
 #: The training Variables at their defaults, as environment Variables (which win over the metadata
@@ -259,6 +231,35 @@ def test_rollback_republishes_the_previous_champions_predictions(pipeline, monke
     conn.close()
     assert logged[0] == before and logged[1] == "alice" and "rollback" in logged[2], logged
 
+
+
+def test_a_trainer_that_crashes_fails_the_run_naming_its_last_error_and_keeps_the_champion(pipeline, monkeypatch,
+                                                                                             caplog):
+    """The trainer subprocess dies (here: a Keras backend that does not exist, passed through to it
+    as a backend setting): ``train`` fails with the trainer's last error line, nothing after it runs,
+    nothing is registered, and the champion and its published predictions stay."""
+    import logging
+
+    from ecom_ml import registry
+
+    dag = _dag(monkeypatch, pipeline)
+    if registry.champion("recommender", download=False) is None:
+        assert str(dag.test(run_conf={"day": LAST.isoformat()}).state) == "success"
+    champion = registry.champion("recommender", download=False).version
+    published = _ml_rows(pipeline)
+    versions = len(registry.get_registry().client.search_model_versions("name = 'recommender'"))
+    monkeypatch.setenv("KERAS_BACKEND", "no-such-backend")
+    with caplog.at_level(logging.ERROR):
+        run = dag.test(run_conf={"day": LAST.isoformat()})
+    states = _states(run)
+    assert states["features"] == "success" and states["train"] == "failed", states
+    assert all(states[t] == "upstream_failed" for t in ("evaluate", "gate", "approve", "promote", "publish")), states
+    failures = [r.getMessage() for r in caplog.records if "the trainer exited with status" in r.getMessage()]
+    assert failures, [r.getMessage() for r in caplog.records][-5:]
+    assert "no-such-backend" in failures[-1] and "\n" not in failures[-1].split("the trainer exited")[1], failures[-1]
+    assert registry.champion("recommender", download=False).version == champion
+    assert len(registry.get_registry().client.search_model_versions("name = 'recommender'")) == versions
+    assert _ml_rows(pipeline) == published
 
 @pytest.mark.parametrize(("env", "message"), [
     ({"AIRFLOW_VAR_ECOM_RECOMMENDER_HOLDOUT_DAYS": "a week"},
