@@ -69,7 +69,8 @@ SCHEMA_CACHE = ROOT / ".ecom" / "cache" / "compose-schema"
 
 # --- the policy this file encodes -----------------------------------------------------------------
 #: Variables the stack cannot start without (``${VAR:?...}``): the secrets, and nothing else.
-REQUIRED_SECRETS = {"AIRFLOW_FERNET_KEY", "AIRFLOW_JWT_SECRET", "AIRFLOW_API_SECRET_KEY"}
+REQUIRED_SECRETS = {"AIRFLOW_FERNET_KEY", "AIRFLOW_JWT_SECRET", "AIRFLOW_API_SECRET_KEY",
+                    "MLFLOW_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"}
 #: The only literal defaults a credential may have: obviously-local values, as in Airflow's file.
 LOCAL_CREDENTIAL_DEFAULTS = {"airflow", "mlflow", "orders"}
 #: Bind-mount sources that may be missing in a fresh clone, and why that is fine. Docker creates a
@@ -938,6 +939,47 @@ def test_mlflow_accepts_the_host_name_clients_use(mlflow_probe):
     _, tracking, result = mlflow_probe
     assert result["host_allowed"][tracking.netloc] is True
     assert result["host_allowed"]["evil.example.com"] is False
+
+
+def test_mlflow_requires_authentication_and_the_pipeline_has_its_credentials(mlflow_probe):
+    """Issue 12 point 2: MLflow's basic-auth app is on; the admin password and the pipeline's
+    MLFLOW_TRACKING_PASSWORD are one required variable, never a literal (tests/test_mlflow_auth.py
+    runs the app itself)."""
+    argvs, _, result = mlflow_probe
+    server_argv = next(argv for argv in argvs if argv[1:2] == ["server"])
+    assert result["argv"][json.dumps(server_argv[1:])]["params"]["app_name"] == "basic-auth"
+    raw = raw_compose()["services"]
+    mlflow_env = raw["mlflow"]["environment"]
+    admin_user, admin_password = mlflow_env["MLFLOW_AUTH_ADMIN_USERNAME"], mlflow_env["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    assert _SINGLE_REFERENCE.fullmatch(admin_password).group("op") == ":?", "the admin password has no default"
+    assert _SINGLE_REFERENCE.fullmatch(mlflow_env["MLFLOW_FLASK_SERVER_SECRET_KEY"]).group("op") == ":?"
+    for name in ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-worker",
+                 "airflow-triggerer", "airflow-init"):
+        env = raw[name]["environment"]
+        assert env["MLFLOW_TRACKING_USERNAME"] == admin_user, name
+        assert env["MLFLOW_TRACKING_PASSWORD"] == admin_password, f"{name} must log in with the same secret"
+    assert not any(k.startswith("MLFLOW_TRACKING_") for k in raw["trainer"].get("environment", {})), (
+        "the trainer never calls MLflow: no credentials")
+    # The auth config the server reads is the repo's file, mounted read-only; it holds no password
+    # and keeps its user store on a volume of its own, not under the served artifacts.
+    config = compose()["services"]["mlflow"]
+    ini_path = config["environment"]["MLFLOW_AUTH_CONFIG_PATH"]
+    mount = next(v for v in config["volumes"] if v.split(":")[1] == ini_path)
+    source, _, mode = mount.split(":")
+    assert mode == "ro"
+    import configparser
+
+    ini = configparser.ConfigParser()
+    assert ini.read(ROOT / source) and set(ini.sections()) == {"mlflow"}
+    assert "admin_password" not in ini["mlflow"], "the admin password comes from the environment"
+    assert ini["mlflow"]["default_permission"] in ("READ", "NO_PERMISSIONS")
+    store = ini["mlflow"]["database_uri"].removeprefix("sqlite:///")
+    volumes = {v.split(":")[1]: v.split(":")[0] for v in config["volumes"]}
+    assert any(store.startswith(target + "/") and name in raw_compose()["volumes"]
+               for target, name in volumes.items()), f"the auth store {store} must be on a named volume"
+    assert not store.startswith(config["command"][config["command"].index("--artifacts-destination") + 1])
+    healthcheck = " ".join(config["healthcheck"]["test"])
+    assert "/health'" in healthcheck, "the healthcheck must use an unprotected route (/health)"
 
 
 def test_trainer_runs_the_training_module_on_a_gpu():

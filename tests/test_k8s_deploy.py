@@ -508,9 +508,14 @@ def test_values_file_is_yaml_of_the_expected_shape():
     for item in vals["secret"]:
         assert set(item) == {"envName", "secretName", "secretKey"}, item
     assert isinstance(vals["extraEnvFrom"], str), "the chart wants extraEnvFrom as a (templated) string"
+    # Secrets taken whole: the alert channels (optional) and the MLflow credentials (required: the
+    # README's MLflow runs the basic-auth app).
+    required_whole = {"ecom-ml-mlflow-client"}
     for item in env_from(vals):
-        assert set(item) == {"secretRef"} and item["secretRef"].get("optional") is True, (
-            f"{item}: only optional Secrets come in whole (alerts, MLflow client credentials)"
+        assert set(item) == {"secretRef"}, item
+        name = item["secretRef"]["name"]
+        assert item["secretRef"].get("optional") is (None if name in required_whole else True), (
+            f"{item}: only the MLflow credentials are a required Secret taken whole; the others are optional"
         )
 
 
@@ -795,6 +800,9 @@ def test_mlflow_deployment_serves_the_tracking_uri(tmp_path):
         assert container["image"].endswith(f":{pinned_mlflow}")
         env = {}
         for item in container.get("env", []):
+            if "value" in item:  # a plain setting (the auth config's path)
+                env[item["name"]] = item["value"]
+                continue
             ref = item["valueFrom"]["secretKeyRef"]
             env[item["name"]] = created[ref["name"]]["data"][ref["key"]]
             assert created[ref["name"]]["namespace"] == namespace
@@ -822,6 +830,45 @@ def test_mlflow_deployment_serves_the_tracking_uri(tmp_path):
     assert str(server["port"]) == str(container_port["containerPort"])
     assert result["host_allowed"][tracking.netloc] is True, "MLflow must accept the Host the clients send"
     assert result["host_allowed"]["evil.example.com"] is False
+
+
+def test_mlflow_requires_authentication_with_the_secret_airflow_logs_in_with(tmp_path):
+    """Issue 12 point 2: the MLflow Deployment runs MLflow's basic-auth app, creates its admin from
+    the Secret that Airflow's extraEnvFrom gives the pipeline (required, not optional), and reads its
+    auth config from the repo's file; nothing secret is a literal."""
+    vals, text = values(), readme()
+    docs = yaml_documents(text)
+    deployment = next(d for d in docs if d.get("kind") == "Deployment" and d["metadata"]["name"] == "mlflow")
+    pod = deployment["spec"]["template"]["spec"]
+    server = next(c for c in pod["containers"] if c["args"][:2] == ["mlflow", "server"])
+    request = {"argv": [[a if not a.startswith("$(") else "postgresql+psycopg2://u:p@h/db" for a in server["args"][1:]]],
+               "host_allowed": []}
+    outcome = run_mlflow_probe(request, tmp_path)["argv"][json.dumps(request["argv"][0])]
+    assert "error" not in outcome, outcome
+    assert outcome["params"]["app_name"] == "basic-auth"
+    env = {item["name"]: item for item in server["env"]}
+    client = next(e["secretRef"] for e in env_from(vals) if e.get("secretRef", {}).get("name") == "ecom-ml-mlflow-client")
+    assert not client.get("optional"), "Airflow cannot talk to an authenticated MLflow without its credentials"
+    for admin, key in (("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_TRACKING_USERNAME"),
+                       ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_TRACKING_PASSWORD")):
+        assert env[admin]["valueFrom"]["secretKeyRef"] == {"name": client["name"], "key": key}
+    assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "ecom-ml-mlflow"
+    for name, item in env.items():
+        if re.search(r"(PASSWORD|SECRET|_KEY)$", name):
+            assert "value" not in item, f"{name} must come from a Secret"
+    # The config file: a ConfigMap made from docker/mlflow-auth.ini, mounted where the path points.
+    path = Path(env["MLFLOW_AUTH_CONFIG_PATH"]["value"])
+    mount = next(m for m in server["volumeMounts"] if m["mountPath"] == str(path.parent))
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    configmap = volume["configMap"]["name"]
+    assert f"kubectl -n airflow create configmap {configmap} --from-file={path.name}=docker/mlflow-auth.ini" in text
+    assert (ROOT / "docker" / "mlflow-auth.ini").is_file()
+    store = re.search(r"^database_uri = sqlite:///(\S+)$", (ROOT / "docker" / "mlflow-auth.ini").read_text(), re.M)
+    mounts = {m["mountPath"]: m["name"] for m in server["volumeMounts"]}
+    store_mount = next(p for p in mounts if store.group(1).startswith(p + "/"))
+    store_volume = next(v for v in pod["volumes"] if v["name"] == mounts[store_mount])
+    assert "persistentVolumeClaim" in store_volume, "the auth users must survive a restart"
+    assert store_mount != server["args"][server["args"].index("--artifacts-destination") + 1]
 
 
 def _dag_params() -> dict[str, set[str]]:

@@ -6,8 +6,9 @@ features, the trainer as a real subprocess of the task (under Airflow 3's task s
 denies task code the metadata DB), evaluation, gate, promotion and publishing. The test then asks the
 MLflow registry whether the ``champion`` alias moved to the version that very run registered, and
 the orders DB whether ``ml.recommendations`` holds that version's top-50 for the night's day; with
-the LocalExecutor it also loads the champion with ``mlflow.pyfunc`` and ``mlflow models serve`` in
-fresh processes and checks their answers against the published rows.
+the LocalExecutor it also loads the champion with ``mlflow.pyfunc`` and ``ecom-ml serve`` (``mlflow
+models serve`` on the verified version) in fresh processes and checks their answers against the
+published rows.
 
 Two ways the deployable stack runs it:
 
@@ -188,9 +189,15 @@ def _served_champion_answers_as_published(env: dict[str, str], lake_root: str, d
     def rows(records: list[dict]) -> list[tuple]:
         return sorted((int(r["customer_id"]), int(r["rank"]), int(r["product_id"])) for r in records)
 
+    # Through `ecom-ml serve`, as the README says: the verified champion's version, never the alias.
+    named = subprocess.run([sys.executable, "-m", "ecom_ml.cli", "serve", "--model", "recommender", "--print-uri"],
+                           env=child_env, capture_output=True, text=True, timeout=120)
+    assert named.returncode == 0, named.stderr[-3000:]
+    uri = named.stdout.strip()
+    assert uri.startswith("models:/recommender/"), named.stdout
     loaded = subprocess.run(
         [sys.executable, "-c", "import json, sys, mlflow, pandas as pd; r = json.loads(sys.argv[1]); "
-         "m = mlflow.pyfunc.load_model('models:/recommender@champion'); "
+         f"m = mlflow.pyfunc.load_model({uri!r}); "
          "df = pd.DataFrame(r['dataframe_split']['data'], columns=r['dataframe_split']['columns']); "
          "print('ANSWER' + m.predict(df, params=r['params']).to_json(orient='records'))", json.dumps(request)],
         env=child_env, capture_output=True, text=True, timeout=300)
@@ -199,8 +206,8 @@ def _served_champion_answers_as_published(env: dict[str, str], lake_root: str, d
     assert rows(json.loads(answer.removeprefix("ANSWER"))) == published
 
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/recommender@champion",
-                               "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+    server = subprocess.Popen([sys.executable, "-m", "ecom_ml.cli", "serve", "--model", "recommender",
+                               "--host", "127.0.0.1", "--port", str(port)],
                               env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     up, served = False, None
     try:

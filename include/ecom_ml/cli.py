@@ -236,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ecom_ml import registry
 
     registry.add_cli(sub)  # mlflow start|stop|status|url, rollback, history
+    from ecom_ml import serve_champion
+
+    serve_champion.add_cli(sub)  # serve --model M [--print-uri]
     return parser
 
 

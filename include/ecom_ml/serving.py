@@ -1,10 +1,12 @@
 """Every registered version as an MLflow pyfunc model: the project's own model code behind a
 ``PythonModel``, the model kind's folder as its one artifact.
 
-So the tools a data team knows work on any champion::
+So the tools a data team knows work on any champion, through ``ecom-ml serve``
+(``ecom_ml.serve_champion``), which verifies the champion and names its *version*: the alias itself
+can be moved by anyone who can write to MLflow, so it is never loaded or served directly::
 
-    mlflow.pyfunc.load_model("models:/recommender@champion").predict(df)
-    mlflow models serve -m models:/recommender@champion --env-manager local   # POST /invocations
+    mlflow.pyfunc.load_model(uri).predict(df)   # uri: `ecom-ml serve --model recommender --print-uri`
+    ecom-ml serve --model recommender --port 5001   # mlflow models serve -m models:/recommender/<v>; POST /invocations
 
 How, and why this way:
 

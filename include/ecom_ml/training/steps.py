@@ -215,6 +215,31 @@ def champion_overlap(champion_dir: Any, holdout_start: datetime) -> str | None:
     return None
 
 
+def reference_champion(model: str, holdout_start: datetime) -> tuple[Any, str | None]:
+    """The champion to compare today's candidate with, and why it cannot be the reference (or None).
+
+    An unverified champion — its version has no passing gate record, or its alias was moved outside
+    ecom-ml (one REST call to MLflow) — is no reference: a version that failed its gate would lower
+    (or a stray one distort) the bar a candidate must clear, and a candidate that beats it would
+    still be judged against what nobody approved. It is returned undownloaded with its reason, so the
+    gate's regression check reads "n/a" with that reason (as for an overlapping champion) and the
+    candidate must beat the baselines on its own; promoting it then restores a verified champion.
+    """
+    from ecom_ml import registry
+
+    check = registry.verify_champion(model)
+    if check.version is None:
+        return None, None
+    if not check.verified:
+        return (registry.champion(model, download=False),
+                f"it is not verified ({'; '.join(check.problems)}), so it is not a regression reference")
+    try:
+        champion = registry.verified_champion(model)
+    except registry.UnverifiedChampion as exc:  # moved between the check and the read
+        return registry.champion(model, download=False), f"it is not a regression reference ({exc})"
+    return champion, champion_overlap(champion.path, holdout_start)
+
+
 def training_window_drift(lake: Lake, steps: ModelSteps, day: date, champion_dir: Any) -> dict[str, Any]:
     """Drift of the inputs over this run's feature window against the champion's training window.
 
@@ -245,17 +270,16 @@ def training_window_drift(lake: Lake, steps: ModelSteps, day: date, champion_dir
 def evaluate(model: str, lake_root: str, day: date, trained: dict[str, Any]) -> dict[str, Any]:
     """Score the candidate, the champion (when comparable) and the baselines on the holdout the
     features of ``day`` under ``lake_root`` were built with (no setting is read again here)."""
-    from ecom_ml import registry
     from ecom_ml.models import write_text
 
     lake = Lake(lake_root)
     steps = steps_for(model)
     holdout_start = steps.holdout_start(lake, day)
     check_not_leaked(model, day, trained, holdout_start)
-    champion = registry.champion(model)
-    unusable = champion_overlap(champion.path, holdout_start) if champion is not None else None
+    champion, unusable = reference_champion(model, holdout_start)
+    trusted = champion is not None and champion.path is not None
     evaluation = steps.evaluate(lake, day, trained["model_uri"],
-                                str(champion.path) if champion is not None and not unusable else None)
+                                str(champion.path) if trusted and not unusable else None)
     if champion is not None and not unusable:
         evaluation["champion"]["version"] = champion.version
     elif champion is not None:
@@ -264,7 +288,10 @@ def evaluate(model: str, lake_root: str, day: date, trained: dict[str, Any]) -> 
         log.warning("%s %s: champion v%s is not today's regression reference: %s", model, day,
                     champion.version, unusable)
     evaluation["candidate_cutoff"] = (trained.get("features") or {}).get("cutoff")
-    evaluation["drift"] = training_window_drift(lake, steps, day, champion.path if champion is not None else None)
+    if champion is not None and not trusted:
+        evaluation["drift"] = {"skipped": f"champion v{champion.version}: {unusable}"}
+    else:
+        evaluation["drift"] = training_window_drift(lake, steps, day, champion.path if champion is not None else None)
     write_text(f"{trained['out_uri'].rstrip('/')}/evaluation.json", json.dumps(evaluation, indent=2, sort_keys=True))
     return evaluation
 
