@@ -102,11 +102,11 @@ def test_an_alias_moved_by_one_rest_call_is_not_served_nor_the_regression_refere
         headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as resp:
         assert resp.status == 200
-    capsys.readouterr()
 
     summary = registry.get_registry().gate_record(MODEL, bad).summary
     problems = (f"{MODEL} v{bad} failed its gate: {summary}; the alias move to v{bad} is not in the history "
                 f"(the last recorded champion is v{good['version']})")
+    capsys.readouterr()  # what the test's own reads printed (MLflow's download bars) is not the command's
     for args in (("--print-uri",), ("--port", "5123")):
         assert _serve(*args) == 2
         out, err = capsys.readouterr()
