@@ -387,7 +387,8 @@ def test_the_trainer_chooses_its_calibration_on_the_weeks_before_the_cutoff_neve
         runs.append(done)
     validation = runs[0]["metrics"]["validation"]
     assert validation["start"] == params.week_start(12).date().isoformat() and validation["weeks"] == 4
-    assert validation["products"] == 3 and validation["train_examples"] == 3 * 5  # anchors 4..8: a whole 4-week lag window, targets before week 12
+    # Anchors 4..8: a whole 4-week lag window before them, their 4 target weeks before week 12.
+    assert validation["products"] == 3 and validation["train_examples"] == 3 * 5
     assert runs[1]["metrics"]["validation"] == validation
     model = kind.load(runs[0]["model_uri"])
     assert model.calibration.to_dict() == validation["calibration"]

@@ -197,10 +197,10 @@ def build_network(width: int, n_categories: int, params: DemandTrainParams) -> A
     11-11, models trained before it, seed 0, WAPE): 3 members 0.635, 5 members 0.633; with dropout
     0.2: 3 members 0.633, 5 members 0.632 (0.630 trained on active products only, kept), 8 members
     0.631 (0.6305 active only: no gain for 60 % more time); dropout 0.1 / 0.3 (5 members) 0.631 /
-    0.632. Not kept: 20 epochs (0.638; with dropout 0.630 at 3 members but 0.632 at 5, no gain for twice the time), hidden
-    128 (0.632), learning rate 0.001 over 20 epochs (0.633), loss weights halving every 4 / 8 / 16
-    weeks back (0.633 / 0.635 / 0.632), targets up to the cutoff for the last anchors' first weeks
-    (0.643), 6 epochs (0.636)."""
+    0.632. Not kept: 20 epochs (0.638; with dropout 0.630 at 3 members but 0.632 at 5: no gain for
+    twice the time); without dropout, hidden 128 (0.632), learning rate 0.001 over 20 epochs
+    (0.633), loss weights halving every 4 / 8 / 16 weeks back (0.633 / 0.635 / 0.632), targets up
+    to the cutoff for the last anchors' first weeks (0.643), 6 epochs (0.636). README: the table."""
     import keras
 
     numeric = keras.Input((width,), name="numeric")
@@ -238,7 +238,8 @@ class Calibration:
     """Corrections of the members' averaged forecast, fitted by the trainer on its own validation
     weeks (``validation_weeks`` > 0): ``p50 = p50_factor x p50_net`` and
     ``p90 = p50 + p90_spread x (p90_net - p50_net)`` (the quantiles still never cross, never go
-    negative). The identity unless asked for, and why (Online Retail II, default network, seed 0):
+    negative). The identity unless asked for, and why (Online Retail II, the previous default
+    network of 3 members without dropout, seed 0):
     a month's level is not the next month's. At the cutoff 2010-11-12 the 4 weeks before it chose
     0.95 / 1.06 and the holdout's WAPE went 0.607 -> 0.603 (p90 coverage 0.908 -> 0.912); at the
     validation cutoff 2010-10-15 its 4 weeks before (the September surge, network bias -0.68) chose
