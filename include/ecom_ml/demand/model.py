@@ -198,8 +198,8 @@ def build_network(width: int, n_categories: int, params: DemandTrainParams) -> A
     0.2: 3 members 0.633, 5 members 0.632 (0.630 trained on active products only, kept), 8 members
     0.631 (0.6305 active only: no gain for 60 % more time); dropout 0.1 / 0.3 (5 members) 0.631 /
     0.632. Not kept: 20 epochs (0.638; with dropout 0.630 at 3 members but 0.632 at 5: no gain for
-    twice the time); hidden 128 (0.632 without dropout, 0.6300 with the default), learning rate 0.001 over 20 epochs
-    (0.633), loss weights halving every 4 / 8 / 16 weeks back (0.633 / 0.635 / 0.632), targets up
+    twice the time); hidden 128 (0.632 without dropout, 0.6300 with the default), learning rate
+    0.001 over 20 epochs (0.633), loss weights halving every 4 / 8 / 16 weeks back (0.633 / 0.635 / 0.632), targets up
     to the cutoff for the last anchors' first weeks (0.643), 6 epochs (0.636). README: the table."""
     import keras
 
