@@ -276,6 +276,8 @@ def test_a_product_with_one_week_of_history_and_a_week_without_sales_are_forecas
     done = kind.train(models.TrainRequest(features=lake.root, day=PARAMS.day, out=str(tmp_path / "out"),
                                           params={"epochs": 2, "members": 2}))
     assert done["metrics"]["train_examples"] == 2  # anchor 1 (the only one with 4 target weeks), 2 products
+    assert done["metrics"]["validation"] == {"skipped": "validation_weeks=0"}
+    assert kind.load(done["model_uri"]).calibration.to_dict() == {"p50_factor": 1.0, "p90_spread": 1.0}
     model = kind.load(done["model_uri"])
     rows = np.arange(2)
     p50, p90 = model.forecast(model_inputs(panel, rows, np.full(2, 5), model.history_len, model.horizon, model.seasonal))
@@ -327,3 +329,88 @@ def test_weekly_units_count_the_kept_lines_net_of_line_refunds_as_of_the_cutoff(
     panel = Panel.from_tables(PARAMS, built)
     assert panel.units.tolist() == [[3, 1, 0, 0, 0, 4, 0, 0, 0], [1, 0, 0, 0, 0, 0, 0, 0, 0]]
     assert panel.units_at_cutoff[:, :5].tolist() == [[3, 1, 5, 0, 0], [1, 0, 0, 0, 0]]
+
+
+def test_the_calibration_minimises_validation_wape_and_covers_nine_in_ten_by_hand():
+    from ecom_ml.demand.model import Calibration, choose_calibration
+
+    # p50 10 for three weeks selling 9, 11, 14: y / p50 = 0.9, 1.1, 1.4 with equal weights, so the
+    # WAPE-optimal factor is their median 1.1 (Σ|y − 10f| = 2 + 0 + 3 = 5 at 1.1; 5.5 at 1.0, 5.5 at 1.2).
+    actual, p50, p90 = np.array([[9.0, 11.0, 14.0]]), np.full((1, 3), 10.0), np.full((1, 3), 12.0)
+    cal = choose_calibration(actual, p50, p90)
+    assert cal.p50_factor == pytest.approx(1.1)
+    # p50 becomes 11; covering 14 (all three: 3/3 >= 0.9) needs 11 + spread x 2 >= 14, spread 1.5.
+    assert cal.p90_spread == pytest.approx(1.5)
+    low, high = cal.apply(p50, p90)
+    assert np.allclose(low, 11.0) and np.allclose(high, 14.0)
+    # A factor outside the kept range is clipped; a model.json without a calibration is the identity.
+    assert choose_calibration(np.full((1, 2), 100.0), np.ones((1, 2)), np.full((1, 2), 2.0)).p50_factor == 1.25
+    assert Calibration.from_dict(None) == Calibration(1.0, 1.0)
+    same = Calibration().apply(p50, p90)
+    assert same[0].tolist() == p50.tolist() and same[1].tolist() == p90.tolist()
+
+
+def weekly_tables(weeks: int, day: date, units: dict[int, list[float]]) -> dict[str, pa.Table]:
+    """One delivered order per product and week (Tuesday of the week ending on ``day``'s weekday),
+    ``units[product][w]`` units each (no order where 0)."""
+    from datetime import timedelta
+
+    first = datetime(day.year, day.month, day.day, tzinfo=timezone.utc) + timedelta(days=1) - timedelta(days=7 * weeks)
+    orders, lines = [], []
+    for product, series in units.items():
+        for week, quantity in enumerate(series):
+            if quantity:
+                order_id = 1000 * product + week
+                orders.append((order_id, first + timedelta(days=7 * week + 1, hours=10)))
+                lines.append((order_id, product, int(quantity)))
+    created = pa.array([o[1] for o in orders], TS)
+    return {
+        "orders": pa.table({"order_id": pa.array([o[0] for o in orders], pa.int64()),
+                            "customer_id": pa.array([7] * len(orders), pa.int64()),
+                            "status": ["delivered"] * len(orders), "created_at": created, "updated_at": created}),
+        "order_history": pa.table({"order_id": pa.array([o[0] for o in orders], pa.int64()),
+                                   "status": ["delivered"] * len(orders), "updated_at": created}),
+        "order_items": pa.table({"order_id": pa.array([x[0] for x in lines], pa.int64()),
+                                 "product_id": pa.array([x[1] for x in lines], pa.int64()),
+                                 "quantity": pa.array([x[2] for x in lines], pa.int32()),
+                                 "unit_price": pa.array([10.0] * len(lines), pa.float64())}),
+        "products": pa.table({"product_id": pa.array(sorted(units), pa.int64()),
+                              "category": ["mugs"] * len(units), "price": pa.array([10.0] * len(units))}),
+    }
+
+
+def test_the_trainer_chooses_its_calibration_on_the_weeks_before_the_cutoff_never_the_holdout(tmp_path):
+    """20 weeks, 16 before the 4-week holdout: the validation fit trains on weeks 0-11, is scored on
+    weeks 12-15, and its calibration is what the saved forecaster applies. The holdout's sales do not
+    reach it: with every holdout week's units multiplied by 10 the trainer chooses the same."""
+    from ecom_ml import models
+    from ecom_ml.demand.features import write_features
+    from ecom_ml.lake import Lake
+
+    day = date(2024, 5, 19)
+    params = DemandParams(day=day, window_days=140, holdout_days=28, history_len=4)
+    rng = np.random.default_rng(3)
+    series = {p: rng.poisson(3 * p, 20).astype(float).tolist() for p in (1, 2, 3)}
+    louder = {p: [u * (10 if w >= 16 else 1) for w, u in enumerate(s)] for p, s in series.items()}
+    kind = models.get("demand")
+    runs = []
+    for name, units in (("plain", series), ("louder", louder)):
+        lake = Lake((tmp_path / name / "lake").as_uri())
+        lake.init()
+        write_features(lake, params, *build_features(weekly_tables(20, day, units), params))
+        done = kind.train(models.TrainRequest(features=lake.root, day=day, out=str(tmp_path / name / "out"),
+                                              params={"epochs": 3, "members": 2, "validation_weeks": 4}))
+        runs.append(done)
+    validation = runs[0]["metrics"]["validation"]
+    assert validation["start"] == params.week_start(12).date().isoformat() and validation["weeks"] == 4
+    # Anchors 4..8: a whole 4-week lag window before them, their 4 target weeks before week 12.
+    assert validation["products"] == 3 and validation["train_examples"] == 3 * 5
+    assert runs[1]["metrics"]["validation"] == validation
+    model = kind.load(runs[0]["model_uri"])
+    assert model.calibration.to_dict() == validation["calibration"]
+    panel = Panel.from_tables(params, Lake((tmp_path / "plain" / "lake").as_uri()).read("features", "demand", day))
+    inputs = model_inputs(panel, np.arange(3), np.full(3, 16), 4, 4, False)
+    raw, calibrated = model.network_forecast(inputs), model.forecast(inputs)
+    expected = model.calibration.apply(*raw)
+    assert np.allclose(calibrated[0], expected[0]) and np.allclose(calibrated[1], expected[1])
+    assert (calibrated[1] >= calibrated[0]).all() and (calibrated[0] >= 0).all()
