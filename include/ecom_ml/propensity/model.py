@@ -89,10 +89,27 @@ class PropensityTrainParams:
         return asdict(self)
 
 
-def model_inputs(examples: Any) -> dict[str, np.ndarray]:
-    """The network's inputs: ``log1p`` of the weekly counts and amounts, the static features as built."""
+#: The static features of models trained before ``model.json`` recorded them (the first ten of STATIC).
+LEGACY_STATIC_COUNT = 10
+
+
+def static_columns(names: Any) -> list[int]:
+    """Columns of ``STATIC`` a model reads, by the names it was trained on (one line if one is unknown)."""
+    from ecom_ml.propensity.features import STATIC
+
+    missing = [name for name in names if name not in STATIC]
+    if missing:
+        raise PropensityModelError(f"the model reads static feature(s) {', '.join(missing)} that these features do "
+                                   f"not have (known: {', '.join(STATIC)})")
+    return [STATIC.index(name) for name in names]
+
+
+def model_inputs(examples: Any, columns: list[int] | None = None) -> dict[str, np.ndarray]:
+    """The network's inputs: ``log1p`` of the weekly counts and amounts, the static features as built
+    (the ``columns`` the model was trained on; None: all)."""
+    static = np.asarray(examples.static, dtype=np.float32)
     return {"sequence": np.log1p(np.clip(examples.sequence, 0, None)).astype(np.float32),
-            "static": np.asarray(examples.static, dtype=np.float32)}
+            "static": static if columns is None else static[:, columns]}
 
 
 def build_network(weeks: int, channels: int, n_static: int, params: PropensityTrainParams,
@@ -147,6 +164,10 @@ class PropensityModel:
         self.network = network
         self.meta = meta
         self.history_len = int(meta["history_len"])
+        from ecom_ml.propensity.features import STATIC
+
+        self.static_features = list(meta.get("static_features", STATIC[:LEGACY_STATIC_COUNT]))
+        self.columns = static_columns(self.static_features)
         self.scale = float(meta["calibration"]["a"])
         self.shift = float(meta["calibration"]["b"])
 
@@ -157,7 +178,7 @@ class PropensityModel:
         if examples.sequence.shape[1] != self.history_len:
             raise PropensityModelError(f"the model reads {self.history_len} weeks of behaviour, the examples have "
                                        f"{examples.sequence.shape[1]}")
-        inputs = model_inputs(examples)
+        inputs = model_inputs(examples, self.columns)
         # predict_on_batch runs the compiled graph: an eager call steps the GRU op by op, which for one
         # customer was ~70x slower on the CPU (1.4 s against 19 ms, measured on a loaded 2-core machine).
         out = [np.asarray(self.network.predict_on_batch({k: v[i:i + batch_size] for k, v in inputs.items()}))
@@ -249,7 +270,8 @@ def fit(facts: Any, fparams: Any, params: PropensityTrainParams) -> tuple[Propen
     history = network.fit(x_train, train.label.astype(np.float32), batch_size=params.batch_size, epochs=params.epochs,
                           shuffle=True, verbose=0, validation_data=(x_val, y_val), callbacks=callbacks)
     train_s = time.perf_counter() - t
-    model = PropensityModel(network, {"history_len": weeks, "calibration": {"a": 1.0, "b": 0.0}})
+    model = PropensityModel(network, {"history_len": weeks, "calibration": {"a": 1.0, "b": 0.0},
+                                      "static_features": list(STATIC)})
     if single_class:  # nothing to calibrate against: keep the network's own probabilities
         a, b = 1.0, 0.0
     else:
@@ -299,6 +321,7 @@ def train(request: TrainRequest) -> dict[str, Any]:
     meta = {
         "format": FORMAT_VERSION, "kind": KIND, "files": {"keras": KERAS_FILE},
         "cutoff": cutoff.isoformat(), "history_len": report["weeks"], "label_days": report["label_days"],
+        "static_features": model.static_features,
         "calibration": report["calibration"], "validation_cutoff": report["cutoffs"][0].isoformat(),
         "training_cutoffs": [c.isoformat() for c in report["cutoffs"][1:]],
         "features": {"root": root, "day": day.isoformat()}, "params": params.to_dict(),
