@@ -311,3 +311,19 @@ def test_price_response_is_the_forecast_at_the_plan_over_the_forecast_at_the_usu
     found = price_response(discounted, PriceTaker(), np.arange(2))  # both products' week 5 at 0.8
     assert found["product_weeks"] == 2 and found["mean_relative_price"] == pytest.approx(0.8)
     assert found["estimated_change"] == pytest.approx(0.8 ** -2 - 1)
+
+
+def test_weekly_units_count_the_kept_lines_net_of_line_refunds_as_of_the_cutoff():
+    """Line refunds: 1 of order 2's 2 units back before the cutoff, 3 of order 6's 7 (a holdout week)
+    after it; order 3 refunded in full after the cutoff. Order 4 has no refund rows: its status rules."""
+    t = tables()
+    items = t["order_items"]
+    t["order_items"] = items.append_column("order_item_id", pa.array(range(1, items.num_rows + 1), pa.int64()))
+    t["refund_lines"] = pa.table({
+        "refund_line_id": pa.array([1, 2, 3], pa.int64()), "order_item_id": pa.array([3, 4, 7], pa.int64()),
+        "quantity": pa.array([1, 5, 3], pa.int32()),
+        "refunded_at": pa.array([utc(2023, 12, 10), utc(2024, 1, 3), utc(2024, 1, 5)], TS)})
+    built, _ = build_features(t, PARAMS)
+    panel = Panel.from_tables(PARAMS, built)
+    assert panel.units.tolist() == [[3, 1, 0, 0, 0, 4, 0, 0, 0], [1, 0, 0, 0, 0, 0, 0, 0, 0]]
+    assert panel.units_at_cutoff[:, :5].tolist() == [[3, 1, 5, 0, 0], [1, 0, 0, 0, 0]]

@@ -284,3 +284,51 @@ def test_an_order_reinstated_then_cancelled_again_counts_from_the_last_cancellat
     removed = {r["order_id"]: r["removed_at"] for r in removal_times(tables).to_pylist()}
     assert removed[1] == _t("2024-03-09 00:00") and removed[6] == _t("2024-03-09 12:00")
     assert 2 not in removed and removed[4] == _t("2024-03-08 00:00")
+
+
+def _refunds(rows: list[tuple[int, int, int, str]]) -> pa.Table:
+    """refund_lines rows (refund_line_id, order_item_id, quantity, refunded_at) in the lake schema."""
+    return pa.Table.from_pylist([
+        {"refund_line_id": r, "order_item_id": item, "quantity": q, "refunded_at": _t(at), "source_ref": None,
+         "source_line": None} for r, item, q, at in rows], schema=arrow_schema("refund_lines"))
+
+
+def test_line_refunds_count_what_was_kept_as_of_the_cutoff():
+    """Order 2 (product 30 x1, product 10 x3) gets 1 of product 10 back before the cutoff (03-08) and
+    the other 2 after it: training sees 2 of product 10 kept, today's state none; product 30 stays."""
+    from ecom_ml.evaluation.protocol import time_split
+    from ecom_ml.features.recommender import current_purchases, purchases_as_of
+
+    tables = _with_history([(2, "refunded", "2024-03-07 09:00"), (2, "refunded", "2024-03-09 10:00")])
+    tables["refund_lines"] = _refunds([(1, 22, 1, "2024-03-07 09:00"), (2, 22, 2, "2024-03-09 10:00")])
+    built = build_features(tables, DAY, **PARAMS, holdout_days=3)
+    order2 = lambda t: sorted((r["product_id"], r["quantity"]) for r in t.to_pylist() if r["order_id"] == 2)  # noqa: E731
+    cutoff = _t("2024-03-08 00:00")
+    assert order2(purchases_as_of(built["interactions"], cutoff)) == [(10, 2), (30, 1)]  # the later refund unseen
+    assert order2(purchases_as_of(built["interactions"], _t("2024-03-07 00:00"))) == [(10, 3), (30, 1)]
+    assert order2(current_purchases(built["interactions"])) == [(30, 1)]  # product 10 refunded in full
+    assert order2(time_split(built["interactions"], DAY, holdout_days=3).train) == [(10, 2), (30, 1)]
+    # A cut table is cut once: its refunds are gone, a second cut subtracts nothing.
+    cut = purchases_as_of(built["interactions"], cutoff)
+    assert order2(purchases_as_of(cut, cutoff)) == [(10, 2), (30, 1)]
+    # Serving: the kept rest of the refunded order stays in the customer's history.
+    users = {r["customer_id"]: r["history"] for r in built["users"].to_pylist()}
+    assert users[1] == [5, 20, 30, 10]
+
+
+def test_an_older_lake_without_refund_lines_falls_back_to_the_order_status():
+    """Without line-level refunds a refunded order drops every line from the moment it was refunded."""
+    from ecom_ml.features.recommender import current_purchases, purchases_as_of
+
+    tables = _with_history([(2, "refunded", "2024-03-07 09:00")])
+    built = build_features(tables, DAY, **PARAMS, holdout_days=3)
+    orders = lambda t: {r["order_id"] for r in t.to_pylist()}  # noqa: E731
+    assert 2 not in orders(current_purchases(built["interactions"]))
+    assert 2 not in orders(purchases_as_of(built["interactions"], _t("2024-03-08 00:00")))
+    assert 2 in orders(purchases_as_of(built["interactions"], _t("2024-03-07 00:00")))
+    # And an order of a newer lake without refund rows is read the same way (rows from before the migration).
+    tables["refund_lines"] = _refunds([(1, 11, 1, "2024-03-02 00:00")])  # a refund on another order only
+    built = build_features(tables, DAY, **PARAMS, holdout_days=3)
+    assert 2 not in orders(current_purchases(built["interactions"]))
+    assert sorted((r["product_id"], r["quantity"]) for r in current_purchases(built["interactions"]).to_pylist()
+                  if r["order_id"] == 1) == [(20, 2)]  # order 1's product 10 (x1) refunded in full

@@ -29,7 +29,7 @@ from ecom_ml.generator.load import OrdersDb
 
 START = date(2024, 1, 1)
 SHOP_TABLES = {"customers": "customer_id", "products": "product_id", "orders": "order_id",
-               "order_items": "order_item_id"}
+               "order_items": "order_item_id", "refund_lines": "refund_line_id"}
 
 
 # -- helpers ------------------------------------------------------------------------------------------
@@ -616,3 +616,37 @@ def test_customer_lifecycle_rejects_bad_values(kwargs: dict, message: str) -> No
 
     with pytest.raises(GeneratorError, match=re.escape(message)):
         CustomerLifecycle(**kwargs)
+
+
+def test_refunded_orders_have_partial_and_full_line_refunds(orders_db: str, another_orders_db: Callable[[], str]) -> None:
+    """Some lines of a refunded order come back, with a quantity, 3-14 days after it was placed; re-derived
+    identically, also when the days arrive run by run (late refunds)."""
+    generate(orders_db, _config(days=20, orders_per_day=300), progress=False)
+    rows = _query(orders_db, """
+        SELECT o.order_id, o.status, i.quantity, f.quantity, f.refunded_at - o.created_at, f.refunded_at = o.updated_at,
+               f.source_ref IS NULL
+        FROM refund_lines f JOIN order_items i USING (order_item_id) JOIN orders o USING (order_id)""")
+    assert rows
+    assert {r[1] for r in rows} == {"refunded"} and all(r[5] and r[6] for r in rows)
+    assert all(1 <= r[3] <= r[2] for r in rows)
+    assert all(timedelta(days=3) <= r[4] < timedelta(days=14) for r in rows)
+    partial = [r for r in rows if r[3] < r[2]]
+    assert partial and len(partial) < len(rows)  # partial refunds as well as full ones
+    refunded_orders = {r[0] for r in rows}
+    (n_refunded, with_kept_lines), = _query(orders_db, """
+        SELECT count(*), count(*) FILTER (WHERE EXISTS (
+            SELECT 1 FROM order_items i WHERE i.order_id = o.order_id
+              AND i.quantity > COALESCE((SELECT sum(f.quantity) FROM refund_lines f
+                                         WHERE f.order_item_id = i.order_item_id), 0)))
+        FROM orders o WHERE status = 'refunded'""")
+    assert n_refunded == len(refunded_orders)  # every refunded order returned something
+    assert 0 < with_kept_lines < n_refunded  # most keep something, some return everything
+    (recorded,), = _query(orders_db, "SELECT count(*) FROM ecom_generator.generated_refunds")
+    assert recorded == len(rows)
+
+    # The same days in two runs: the refunds falling after the first run's end arrive late.
+    other = another_orders_db()
+    generate(other, _config(days=12, orders_per_day=300), progress=False)
+    second = generate(other, _config(days=8, orders_per_day=300, start=START + timedelta(days=12)), progress=False)
+    assert second.late_refunds > 0
+    assert _checksums(other) == _checksums(orders_db)

@@ -460,6 +460,70 @@ def test_cancellation_linking_rules(orders_db: str, tmp_path: Path) -> None:
     assert _query(orders_db, "SELECT sum(quantity) FROM order_items")[0][0] == 18  # lines keep what was ordered
 
 
+def _refunds(url: str) -> list[tuple]:
+    return _query(
+        url,
+        """SELECT o.external_ref, i.line_no, r.quantity, r.source_ref, r.source_line,
+                  (r.refunded_at AT TIME ZONE 'Europe/London')::text
+           FROM refund_lines r JOIN order_items i USING (order_item_id) JOIN orders o USING (order_id)
+           ORDER BY r.refunded_at, r.source_ref, r.source_line, i.line_no""",
+    )
+
+
+def test_cancellation_lines_become_line_level_refunds(orders_db: str, tmp_path: Path) -> None:
+    """A C line refunds the order line(s) it takes back, with its quantity and time; a second import adds nothing."""
+    rows = [
+        HEADER,
+        "1001,A1,ALPHA,4,2010-01-04 10:00:00,1.00,7,United Kingdom",
+        "1001,B2,BETA,3,2010-01-04 10:00:00,2.00,7,United Kingdom",
+        "1001,A1,ALPHA,2,2010-01-04 10:00:00,1.00,7,United Kingdom",  # a duplicate SKU line
+        "1001,D4,GAMMA,1,2010-01-04 10:00:00,3.00,7,United Kingdom",
+        "C2001,B2,BETA,-1,2010-01-06 09:00:00,2.00,7,United Kingdom",  # part of line 2
+        "C2002,D4,GAMMA,-1,2010-01-08 09:00:00,3.00,7,United Kingdom",  # line 4 in full
+        "C2002,A1,ALPHA,-5,2010-01-08 09:00:00,1.00,7,United Kingdom",  # line 1 (4) then line 3 (1 of 2)
+        "1002,A1,ALPHA,1,2010-01-05 10:00:00,1.00,8,United Kingdom",  # another customer, untouched
+    ]
+    source = _write(tmp_path, "refunds.csv", rows)
+    result = _import(orders_db, source, tmp_path)
+    assert result.cancellation_lines == 3 and result.load.refunds_new == 4
+    expected = [
+        ("1001", 2, 1, "C2001", 1, "2010-01-06 09:00:00"),
+        ("1001", 4, 1, "C2002", 1, "2010-01-08 09:00:00"),
+        ("1001", 1, 4, "C2002", 2, "2010-01-08 09:00:00"),
+        ("1001", 3, 1, "C2002", 2, "2010-01-08 09:00:00"),
+    ]
+    assert _refunds(orders_db) == expected
+    # The order's status keeps its meaning: partly taken back, as of its latest cancellation.
+    assert _query(orders_db, "SELECT external_ref, status, (updated_at AT TIME ZONE 'Europe/London')::text "
+                             "FROM orders ORDER BY external_ref") == [
+        ("1001", "refunded", "2010-01-08 09:00:00"), ("1002", "delivered", "2010-01-05 10:00:00")]
+    assert _query(orders_db, "SELECT sum(quantity) FROM order_items")[0][0] == 11  # lines keep what was ordered
+
+    again = _import(orders_db, source, tmp_path)
+    assert again.load.refunds_new == 0 and again.load.refunds_present == 4
+    assert "refund lines: 0 new; 4 already present" in again.describe()
+    assert _refunds(orders_db) == expected
+
+
+def test_reimport_adds_refunds_to_orders_imported_without_them(orders_db: str, tmp_path: Path) -> None:
+    """A database imported before line-level refunds (orders with a status, no refund rows) gains them."""
+    rows = [
+        HEADER,
+        "1001,A1,ALPHA,4,2010-01-04 10:00:00,1.00,7,United Kingdom",
+        "1001,B2,BETA,3,2010-01-04 10:00:00,2.00,7,United Kingdom",
+        "C2001,B2,BETA,-3,2010-01-06 09:00:00,2.00,7,United Kingdom",
+    ]
+    source = _write(tmp_path, "old.csv", rows)
+    _import(orders_db, source, tmp_path)
+    conn = psycopg2.connect(orders_db)
+    with conn, conn.cursor() as cur:
+        cur.execute("DELETE FROM refund_lines")  # what an older importer left
+    conn.close()
+    result = _import(orders_db, source, tmp_path)
+    assert result.load.orders_new == 0 and result.load.refunds_new == 1
+    assert _refunds(orders_db) == [("1001", 2, 3, "C2001", 1, "2010-01-06 09:00:00")]
+
+
 # --------------------------------------------------------------------------------------------------
 # The mapping file and the CLI.
 

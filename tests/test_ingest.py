@@ -196,7 +196,7 @@ def test_a_day_without_any_order_or_change_publishes_an_empty_partition(ingest):
     run = run_day(dag, quiet)
     assert str(run.state) == "success", _task_states(run)
     manifest = lake.manifest(VALIDATED, DATASET, quiet)
-    assert manifest.rows == {"customers": 0, "order_items": 0, "orders": 0, "products": 0}
+    assert manifest.rows == {"customers": 0, "order_items": 0, "orders": 0, "products": 0, "refund_lines": 0}
     assert manifest.extra["quality"] == "warning"
     tables = lake.read(VALIDATED, DATASET, quiet)
     assert str(tables["orders"].schema.field("created_at").type) == "timestamp[us, tz=UTC]"
@@ -212,3 +212,46 @@ def test_a_manual_run_processes_the_day_in_its_param(ingest):
     assert lake.days(VALIDATED, DATASET) == [day]
     assert (lake.manifest(VALIDATED, DATASET, day).rows["orders"], lake.manifest(
         VALIDATED, DATASET, day).rows["order_items"]) == _db_count(url, day)
+
+
+def test_late_line_refunds_reach_the_lake_once(orders_db, tmp_path):
+    """Refunds recorded days after the order's day arrive with the partition of the day they happened;
+    the lake's current view holds exactly the database's refunds, also after a day is extracted again.
+    (The pipeline's task functions directly, without the DAG: the DAG runs them in the tests above.)"""
+    from ecom_ml.ingest.tasks import IngestConfig, check_quality, extract_to_raw, publish
+
+    lake_root = (tmp_path / "lake").as_uri()
+    Lake(lake_root).init()
+    cfg = IngestConfig(lake_root=lake_root, orders_url=orders_db)
+
+    def night(day: date) -> None:
+        start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+        extract_to_raw(cfg, start, start + timedelta(days=1))
+        publish(cfg, check_quality(cfg, start, start + timedelta(days=1)))
+
+    _generate(orders_db, START, 6)
+    for offset in range(6):
+        night(START + timedelta(days=offset))
+    lake = Lake(lake_root)
+    early = current_orders(lake, START, START + timedelta(days=5))["refund_lines"]
+    _generate(orders_db, START + timedelta(days=6), 10)  # the next nights: refunds of the first days arrive
+    for offset in range(6, 16):
+        night(START + timedelta(days=offset))
+    night(START + timedelta(days=9))  # a re-run of one night changes nothing
+    now = current_orders(lake, START, START + timedelta(days=15))
+    with psycopg2.connect(orders_db) as conn, conn.cursor() as cur:
+        cur.execute("""SELECT f.refund_line_id, f.order_item_id, f.quantity FROM refund_lines f
+                       JOIN order_items i USING (order_item_id) JOIN orders o USING (order_id)
+                       WHERE o.created_at < %s ORDER BY 1""",
+                    (datetime(2024, 1, 17, tzinfo=timezone.utc),))
+        in_db = cur.fetchall()
+        cur.execute("""SELECT count(*) FROM refund_lines f JOIN order_items i USING (order_item_id)
+                       JOIN orders o USING (order_id) WHERE o.created_at < %s AND f.refunded_at >= %s""",
+                    (datetime(2024, 1, 7, tzinfo=timezone.utc), datetime(2024, 1, 7, tzinfo=timezone.utc)))
+        (late,) = cur.fetchone()
+    refunds = now["refund_lines"]
+    in_lake = sorted(zip(refunds.column("refund_line_id").to_pylist(), refunds.column("order_item_id").to_pylist(),
+                         refunds.column("quantity").to_pylist(), strict=True))
+    assert late > 0 and in_lake == in_db  # every refund once, the late ones included
+    assert early.num_rows < len(in_db)
+    assert set(refunds.column("order_item_id").to_pylist()) <= set(now["order_items"].column("order_item_id").to_pylist())

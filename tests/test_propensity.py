@@ -221,3 +221,25 @@ def test_the_models_view_renders_an_evaluations_tables_without_knowing_them():
     html = models_html._champion_tables(tables)
     assert 'data-testid="champion-table" data-table="reliability"' in html and "observed rate" in html
     assert html.count("<tr><td") == len(result["tables"]["reliability"]["rows"]) == 5  # five non-empty bins
+
+
+def test_line_refunds_count_the_kept_units_and_a_refund_as_of_the_cutoff():
+    """Order 1 (customer 10: product 1 x2, product 2 x1) gets one of product 1 back before H and product 2
+    back after H: at H the order is a purchase of 1 + 1 units with a refund; today only product 1 x1."""
+    built = tables()
+    items = built["order_items"]
+    built["order_items"] = items.append_column("order_item_id", pa.array(range(1, items.num_rows + 1), pa.int64()))
+    built["refund_lines"] = pa.table({
+        "refund_line_id": pa.array([1, 2], pa.int64()), "order_item_id": pa.array([1, 2], pa.int64()),
+        "quantity": pa.array([1, 1], pa.int32()), "refunded_at": pa.array([utc(2024, 2, 28), utc(2024, 3, 2)], TS)})
+    lines, _ = build_features(built, PARAMS)
+    ex = holdout_examples(Facts.from_tables(lines), PARAMS)
+    seq = dict(zip(CHANNELS, np.moveaxis(ex.sequence[row(ex, 10)], -1, 0), strict=True))
+    assert seq["orders"].tolist() == [0, 0, 1, 1]  # order 1 still counts: most of it was kept
+    assert seq["units"].tolist() == [0, 0, 3, 2] and seq["spend"].tolist() == [0, 0, 15, 15]
+    assert seq["refunds"].tolist() == [0, 0, 0, 1]  # the partial refund before H
+    mine = lines["lines"].filter(pa.compute.equal(lines["lines"].column("order_id"), 1)).to_pylist()
+    kept_now = sorted((r["product_id"], r["units"]) for r in mine if r["removed_at"] is None)
+    assert kept_now == [(1, 1.0)]
+    # Without refund rows the same tables are read by the order's status, as before.
+    assert holdout_examples(facts(), PARAMS).sequence[row(ex, 10), 3, CHANNELS.index("units")] == 3

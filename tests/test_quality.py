@@ -25,6 +25,7 @@ from ecom_ml.quality.calendar import created_mask
 from ecom_ml.quality.drift import drift_inputs
 from ecom_ml.quality.history import Reference
 from ecom_ml.quality.prices import PriceHistory
+from ecom_ml.quality.validate import check_day
 
 UTC = timezone.utc
 DAY = date(2024, 1, 15)
@@ -63,6 +64,19 @@ def clean_rows(orders: int = 40, lines: int = 3) -> Rows:
                 "unit_price": Decimal("9.99") + j,
             })
             item_id += 1
+    # Refunds: the late cancellation takes back every line of order 900, and one line of order 1003
+    # (2 or more ordered) is partly refunded: normal shop life, which no rule may flag.
+    out["refund_lines"] = [
+        {"refund_line_id": 1 + n, "order_item_id": item["order_item_id"], "quantity": item["quantity"],
+         "refunded_at": START + timedelta(hours=2), "source_ref": "C900", "source_line": 1 + n}
+        for n, item in enumerate(i for i in out["order_items"] if i["order_id"] == 900)
+    ]
+    partial = next((i for i in out["order_items"] if i["order_id"] == 1000 + min(3, orders - 1)
+                    and i["quantity"] >= 2), None)
+    if partial is not None:
+        out["refund_lines"].append({"refund_line_id": 10, "order_item_id": partial["order_item_id"], "quantity": 1,
+                                    "refunded_at": START + timedelta(hours=5), "source_ref": None,
+                                    "source_line": None})
     for c in range(1, 6):
         out["customers"].append({"customer_id": c, "external_ref": f"C{c}", "country": "GB",
                                  "created_at": START - timedelta(days=100), "updated_at": START - timedelta(days=50)})
@@ -123,7 +137,7 @@ def test_clean_day_passes_and_reports_every_rule_once(config: QualityConfig) -> 
     assert report.status == "pass", report.summary_line()
     assert [r.rule for r in report.results] == list(config.rules)  # every rule once, in config order
     assert all(r.success is True for r in report.results), [r.rule for r in report.results if not r.success]
-    assert report.row_counts == {"orders": 41, "order_items": 123, "customers": 5, "products": 7}
+    assert report.row_counts == {"orders": 41, "order_items": 123, "refund_lines": 4, "customers": 5, "products": 7}
     assert report.metrics == {"created_orders": 40, "created_lines": 120, "late_changes": 1, "cancelled": 0}
     assert report.quarantine is None
     assert report.summary_line() == f"orders {DAY}: all {len(config.rules)} evaluated rules passed"
@@ -742,3 +756,38 @@ def test_config_is_not_mutated_by_a_run(config: QualityConfig) -> None:
     before = copy.deepcopy(dict(config.rules))
     run(clean_rows(), config)
     assert dict(config.rules) == before
+
+
+def test_refunds_beyond_the_ordered_quantity_quarantine_their_order(config: QualityConfig) -> None:
+    """Refunds of one line adding up to more than it ordered are a bad row: its order goes, the day stays."""
+    from ecom_ml.quality.quarantine import split
+
+    rows = clean_rows()
+    line = next(i for i in rows["order_items"] if i["order_id"] == 1010 and i["quantity"] == 2)
+    rows["refund_lines"] += [
+        {"refund_line_id": 20, "order_item_id": line["order_item_id"], "quantity": 2,
+         "refunded_at": START + timedelta(hours=3), "source_ref": None, "source_line": None},
+        {"refund_line_id": 21, "order_item_id": line["order_item_id"], "quantity": 1,
+         "refunded_at": START + timedelta(hours=4), "source_ref": None, "source_line": None},
+    ]
+    tables = to_tables(rows)
+    checked = check_day(tables, day=DAY, interval_start=START, interval_end=END, history=open_history(),
+                        config=config, reference=clean_reference())
+    rule = checked.report.result("refund_lines.within_ordered")
+    assert rule.success is False and rule.observed == 2
+    assert checked.report.quarantine is not None and checked.report.quarantine.decision == "rows"
+    assert checked.bad.order_ids == frozenset({1010})
+    kept, bad = split(tables, checked.bad)
+    assert set(bad["refund_lines"].column("refund_line_id").to_pylist()) == {20, 21}
+    assert kept["refund_lines"].num_rows == 4
+
+
+def test_a_partition_from_before_line_level_refunds_still_passes(config: QualityConfig) -> None:
+    """An older lake's partition has no refund_lines table: its rules are not evaluated, the day passes."""
+    rows = clean_rows()
+    del rows["refund_lines"]
+    report = run(rows, config, history=open_history(), reference=clean_reference())
+    assert report.status == "pass", report.summary_line()
+    skipped = [r for r in report.results if r.table == "refund_lines"]
+    assert skipped and all(r.success is None for r in skipped)
+    assert "before it existed" in report.result("refund_lines.schema").detail

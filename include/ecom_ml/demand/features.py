@@ -9,15 +9,17 @@ Choices, and why:
   ending with ``day`` (00:00 UTC of ``day + 1``, exclusive); a remainder of fewer than 7 days at
   the window's start is left out. Weeks aligned to the run's day make "the last 4 weeks before the
   run" exactly the holdout, whatever the weekday.
-* **Units sold, net of refunds.** The orders schema records refunds per order (``status``
-  ``cancelled``/``refunded``), not per line, so every line of a cancelled or refunded order counts
-  as not sold; line-level partial refunds are a later change of the source schema. A product-week
-  whose net quantity is negative (a negative line quantity) is clipped to 0 and counted in the
-  manifest (``negative_clipped``), never silently.
-* **As of the cutoff.** ``units_at_cutoff`` counts an order the way it stood at the training cutoff
-  (an order cancelled after the cutoff still was a sale then, like the recommender's
-  ``removed_at``); ``units`` is today's state and is what the holdout is scored against. Holdout
-  weeks have no ``units_at_cutoff`` (null): the trainer cannot read them.
+* **Weekly units net of refunds, from the kept lines.** A line counts what the customer kept:
+  ordered minus its line-level refunds (``refund_lines``, see ``ecom_ml.ingest.refunds``); a line
+  refunded in full and every line of a cancelled order count 0. An order without refund rows (an
+  older lake, extracted before ``refund_lines`` existed) falls back to its status: every line of a
+  ``cancelled`` or ``refunded`` order counts as not sold. A product-week whose net quantity is
+  negative (a negative line quantity) is clipped to 0 and counted in the manifest
+  (``negative_clipped``), never silently.
+* **As of the cutoff.** ``units_at_cutoff`` counts a line the way it stood at the training cutoff
+  (an order cancelled, or a refund recorded, after the cutoff still was a sale then, like the
+  recommender's ``removed_at``); ``units`` is today's state and is what the holdout is scored
+  against. Holdout weeks have no ``units_at_cutoff`` (null): the trainer cannot read them.
 * **Price.** A product-week's ``avg_price`` is the mean unit price of its kept lines, divided by the
   product's list price for ``rel_price`` (1 where it did not sell): promotions and price changes are
   the demand signal the shop controls. The *price plan* of a week (``Panel.category_price``) is the
@@ -43,10 +45,11 @@ import numpy as np
 import pyarrow as pa
 
 from ecom_ml.errors import EcomError
+from ecom_ml.ingest.refunds import kept_as_of, line_states
 from ecom_ml.lake import FEATURES, Lake, Manifest
 
 DATASET = "demand"
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2  # 2: units net of line-level refunds
 EXCLUDED_STATUSES = ("cancelled", "refunded")
 #: (month, day) of the shop's fixed closures: Christmas to Boxing Day, New Year's Eve and Day.
 HOLIDAYS: tuple[tuple[int, int], ...] = ((12, 24), (12, 25), (12, 26), (12, 31), (1, 1))
@@ -137,16 +140,6 @@ def holiday_days(first: datetime, days: int = 7) -> int:
     return sum((d.month, d.day) in HOLIDAYS for d in (first.date() + timedelta(days=i) for i in range(days)))
 
 
-def _removed_at(tables: Mapping[str, pa.Table]) -> dict[int, int]:
-    """order_id -> epoch µs at which the order entered the excluded state it is in now."""
-    from ecom_ml.features.recommender import removal_times
-
-    removed = removal_times(tables)
-    ids = removed.column("order_id").to_numpy()
-    stamps = removed.column("removed_at").cast(pa.int64()).to_numpy()
-    return dict(zip(ids.tolist(), stamps.tolist(), strict=True))
-
-
 def _micros(moment: datetime) -> int:
     return (moment - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1)
 
@@ -163,12 +156,18 @@ def build_features(tables: Mapping[str, pa.Table], params: DemandParams) -> tupl
                            index=orders.column("order_id").to_numpy())
     in_window = (created >= start_us) & (created < end_us)
     order_week = order_week[in_window]
-    removed = _removed_at(tables)
     items = tables["order_items"]
+    states = line_states(tables)
+    refunds = states.column("refunds")
     lines = pd.DataFrame({
         "order_id": items.column("order_id").to_numpy(),
         "product_id": items.column("product_id").to_numpy(),
         "quantity": items.column("quantity").to_numpy().astype(np.float64),
+        "kept_now": kept_as_of(items.column("quantity").to_numpy(), refunds, None).astype(np.float64),
+        "kept_at_cutoff": kept_as_of(items.column("quantity").to_numpy(), refunds,
+                                     params.holdout_start).astype(np.float64),
+        "removed_us": states.column("removed_at").cast(pa.int64()).to_numpy(zero_copy_only=False)
+        .astype(np.float64),
         "price": np.asarray(items.column("unit_price").cast(pa.float64()).to_numpy(zero_copy_only=False)),
     })
     lines = lines[lines["order_id"].isin(order_week.index)]
@@ -176,11 +175,11 @@ def build_features(tables: Mapping[str, pa.Table], params: DemandParams) -> tupl
     order_us = pd.Series(created[in_window], index=order_week.index)
     # ISO weekday, Monday 0: 1970-01-01 was a Thursday.
     lines["weekday"] = ((order_us.reindex(lines["order_id"].to_numpy()).to_numpy() // 86_400_000_000) + 3) % 7
-    removed_us = lines["order_id"].map(removed).to_numpy(dtype=np.float64, na_value=np.nan)
+    removed_us = lines["removed_us"].to_numpy()
     now_kept = np.isnan(removed_us)
     cutoff_kept = now_kept | (removed_us >= cutoff_us)
-    lines["units"] = np.where(now_kept, lines["quantity"], 0.0)
-    lines["units_at_cutoff"] = np.where(cutoff_kept, lines["quantity"], 0.0)
+    lines["units"] = np.where(now_kept, lines["kept_now"], 0.0)
+    lines["units_at_cutoff"] = np.where(cutoff_kept, lines["kept_at_cutoff"], 0.0)
     # Prices follow the same rule: a training week's mean price is over its lines as they stood at the
     # cutoff (whether a line was later cancelled is not known then), a holdout week's over today's.
     priced = np.where(lines["week"].to_numpy() < params.train_weeks, cutoff_kept, now_kept)

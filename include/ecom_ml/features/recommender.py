@@ -7,18 +7,27 @@ window end). A feature computed twice drifts; computed once, training and scorin
 
 Choices, and why:
 
-* **What counts as an interaction.** One order line of an order that has a customer and is neither
-  ``cancelled`` nor ``refunded``. A cancelled order is a purchase that did not happen, and a refunded
-  one (in this shop: partly returned) a purchase the customer regretted at least in part; neither
-  should teach the model "this customer wants this". Guest orders have no one to recommend to.
+* **What counts as an interaction.** One order line of an order that has a customer, with some of
+  it kept. A cancelled order is a purchase that did not happen, and a line the customer sent back in
+  full a purchase regretted; neither should teach the model "this customer wants this". Guest orders
+  have no one to recommend to.
+* **Refunds are per line.** A returned line is a refund of that line (a quantity), not of the whole
+  order (``ecom_ml.ingest.refunds``): each interaction keeps the quantity as ordered and its
+  ``refunds`` (when, how many); a reader counts ``quantity`` = ordered - refunded, and a line
+  refunded in full stops being a purchase (``removed_at``); the kept rest of the order stays. An
+  order without refund rows (an older lake, extracted before ``refund_lines`` existed, or rows from
+  before the migration) falls back to the order-level rule: a ``cancelled`` or ``refunded`` order
+  is not a purchase from the moment it entered that state.
 * **As of when.** Every line of a customer's order in the window is kept, with ``removed_at``: the
-  moment the order entered the cancelled/refunded state it is in now (null while it is a purchase),
-  from the order versions ``ecom_ml.ingest.current`` returns. A reader at moment *t* counts a line
-  when ``removed_at`` is null or after *t* (:func:`purchases_as_of`): training up to a cutoff sees
-  an order cancelled *after* the cutoff as the purchase it still was then (no information from the
-  future), while the holdout, the serving histories and popularity use today's state
+  moment the line stopped being a purchase (refunded in full, or its order cancelled; null while it
+  is a purchase), from the order versions ``ecom_ml.ingest.current`` returns. A reader at moment *t*
+  counts a line when ``removed_at`` is null or after *t*, with the refunds recorded before *t*
+  subtracted (:func:`purchases_as_of`): training up to a cutoff sees an order cancelled, or a line
+  refunded, *after* the cutoff as the purchase it still was then (no information from the future),
+  while the holdout, the serving histories and popularity use today's state
   (:func:`current_purchases`), so a cancellation that arrives days later removes the lines there on
-  the next run.
+  the next run. Both return "cut" tables: ``quantity`` is the kept quantity and ``refunds`` is
+  empty, so a second cut changes nothing.
 * **Window.** ``[day - window_days + 1, day]`` in whole UTC days: start at 00:00 UTC of the first day,
   end (exclusive) at 00:00 UTC of ``day + 1``. Everything is relative to that end, so rebuilding a
   day gives identical tables (and an identical lake version).
@@ -43,6 +52,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ecom_ml.errors import EcomError
+from ecom_ml.ingest.refunds import REFUND_TYPE, kept_as_of, line_states
 from ecom_ml.lake import FEATURES, Lake, Manifest
 
 #: Lake dataset under the ``features`` zone.
@@ -54,7 +64,7 @@ PRICE_BANDS = 5
 #: An item's ``popularity`` counts its interactions in this many days before the window end.
 POPULARITY_DAYS = 30
 #: Bumped when a feature's definition changes, so stored features say which definition made them.
-FEATURE_VERSION = 2  # 2: interactions carry removed_at; params carry holdout_days
+FEATURE_VERSION = 3  # 2: interactions carry removed_at; params carry holdout_days; 3: line-level refunds
 #: Schema-metadata key carrying the parameters on every table ``build_features`` returns.
 METADATA_KEY = b"ecom_ml.features.recommender"
 
@@ -70,7 +80,8 @@ INTERACTIONS_SCHEMA = pa.schema(
         pa.field("quantity", pa.int32(), nullable=False),
         pa.field("weight", pa.float32(), nullable=False),
         pa.field("order_id", pa.int64(), nullable=False),  # beyond the brief: lets n_orders and baskets be derived
-        pa.field("removed_at", _TS, nullable=True),  # when the order was cancelled/refunded; null: a purchase
+        pa.field("removed_at", _TS, nullable=True),  # when the line stopped being a purchase; null: a purchase
+        pa.field("refunds", REFUND_TYPE, nullable=True),  # partial refunds (at, quantity); see module doc
     ]
 )
 ITEMS_SCHEMA = pa.schema(
@@ -334,14 +345,28 @@ def removal_times(tables: Mapping[str, pa.Table]) -> pa.Table:
 
 
 def purchases_as_of(interactions: pa.Table, moment: datetime) -> pa.Table:
-    """The lines that were purchases at ``moment``: not (yet) cancelled or refunded then."""
+    """The lines that were purchases at ``moment``: not (yet) cancelled or refunded in full then, with
+    ``quantity`` what was kept at ``moment`` (refunds recorded before it subtracted, later ones not)."""
     removed = interactions.column("removed_at")
-    return interactions.filter(pc.or_kleene(pc.is_null(removed), pc.greater_equal(removed, pa.scalar(moment, _TS))))
+    kept = interactions.filter(pc.or_kleene(pc.is_null(removed), pc.greater_equal(removed, pa.scalar(moment, _TS))))
+    return _cut(kept, moment)
 
 
 def current_purchases(interactions: pa.Table) -> pa.Table:
-    """The lines that are purchases in today's state of the orders."""
-    return interactions.filter(pc.is_null(interactions.column("removed_at")))
+    """The lines that are purchases in today's state of the orders, ``quantity`` net of every refund."""
+    return _cut(interactions.filter(pc.is_null(interactions.column("removed_at"))), None)
+
+
+def _cut(lines: pa.Table, moment: datetime | None) -> pa.Table:
+    """Kept quantities as of ``moment`` in ``quantity``, ``refunds`` emptied (tables without it: as they are)."""
+    if "refunds" not in lines.column_names:
+        return lines
+    refunds = lines.column("refunds")
+    quantity = kept_as_of(_numpy(lines, "quantity"), refunds, moment)
+    at = lines.schema.get_field_index("quantity")
+    lines = lines.set_column(at, lines.schema.field(at), pa.array(quantity, lines.schema.field(at).type))
+    at = lines.schema.get_field_index("refunds")
+    return lines.set_column(at, lines.schema.field(at), pa.nulls(lines.num_rows, REFUND_TYPE))
 
 
 def interactions_from_orders(
@@ -361,20 +386,28 @@ def interactions_from_orders(
             "ts": created,
         }
     ).filter(mask)
-    kept = kept.join(removal_times(tables), keys="order_id", join_type="left outer")
-    lines = tables["order_items"]
+    items = tables["order_items"]
+    if "order_item_id" not in items.column_names:  # hand-made tables: lines are their own ids
+        items = items.append_column("order_item_id", pa.array(np.arange(items.num_rows, dtype=np.int64)))
+        tables = {name: table for name, table in tables.items() if name != "refund_lines"}
+    states = line_states({**tables, "order_items": items})
     lines = pa.table(
         {
-            "order_id": lines.column("order_id").cast(pa.int64()),
-            "product_id": lines.column("product_id").cast(pa.int64()),
-            "quantity": lines.column("quantity").cast(pa.int32()),
+            "order_id": items.column("order_id").cast(pa.int64()),
+            "order_item_id": items.column("order_item_id").cast(pa.int64()),
+            "product_id": items.column("product_id").cast(pa.int64()),
+            "quantity": items.column("quantity").cast(pa.int32()),
+            "removed_at": states.column("removed_at"),
+            "__row": pa.array(np.arange(items.num_rows, dtype=np.int64)),
         }
     )
     joined = lines.join(kept, keys="order_id", join_type="inner")
     # Sort on every column: the join's row order is not deterministic, the lake's bytes must be.
     joined = joined.sort_by(
-        [(c, "ascending") for c in ("ts", "customer_id", "product_id", "order_id", "quantity")]
+        [(c, "ascending") for c in ("ts", "customer_id", "product_id", "order_id", "quantity", "order_item_id")]
     )
+    # The list column is taken by row after the join (hash joins carry no list columns).
+    joined = joined.append_column("refunds", states.column("refunds").take(joined.column("__row")))
     weight = recency_weight(_numpy(joined, "ts"), end, half_life_days)
     return pa.table(
         [
@@ -385,6 +418,7 @@ def interactions_from_orders(
             pa.array(weight, pa.float32()),
             joined.column("order_id"),
             joined.column("removed_at").cast(_TS),
+            joined.column("refunds").cast(REFUND_TYPE),
         ],
         schema=INTERACTIONS_SCHEMA,
     )

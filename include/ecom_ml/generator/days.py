@@ -31,6 +31,10 @@ _HOUR = 60 * _MINUTE
 #: Share of orders cancelled (within 2 days) and refunded (3-14 days after the order).
 CANCEL_RATE = 0.03
 REFUND_RATE = 0.04
+#: A refunded order takes back each of its lines with this probability (at least one line), a line
+#: in full with FULL_LINE_REFUND, else part of its quantity: partial refunds as well as full ones.
+REFUND_LINE_SHARE = 0.5
+FULL_LINE_REFUND = 0.5
 #: Share of orders paid slowly (bank transfer, retried card: 1-48 h) instead of within minutes.
 SLOW_PAYMENT_RATE = 0.03
 
@@ -176,6 +180,52 @@ def order_states(orders: DayOrders, as_of_us: int) -> tuple[np.ndarray, np.ndarr
     updated = orders.events[np.arange(len(orders)), last]
     status = np.where(last < 4, last, orders.terminal)
     return status.astype(np.int64), updated
+
+
+@dataclass(frozen=True)
+class DayRefunds(_Columns):
+    """The line-level refunds of a day's refunded orders (``refund_lines``), whenever they happen.
+
+    A line is refunded at most once, so its refund takes the line's id (unique, and the same on
+    every re-derivation). All refunds of an order happen at its refund event (3-14 days after it was
+    placed): the parcel comes back once.
+    """
+
+    refund_line_id: np.ndarray  # int64
+    order_item_id: np.ndarray   # int64
+    quantity: np.ndarray        # int64, 1..the line's quantity
+    refunded_us: np.ndarray     # int64
+
+    def __len__(self) -> int:
+        return len(self.refund_line_id)
+
+
+def plan_refunds(world: World, orders: DayOrders, lines: DayLines) -> DayRefunds:
+    """Which lines of the day's refunded orders come back, and how many units (own random stream,
+    so orders and lines are exactly what they were before refunds were recorded per line)."""
+    rng = stream(world.params.seed, "refunds", orders.header.day.toordinal())
+    refunded = orders.terminal == REFUNDED
+    position = np.searchsorted(orders.order_id, lines.order_id)
+    n = len(lines)
+    draw, whole, share = rng.random(n), rng.random(n), rng.random(n)
+    candidate = refunded[position] & (lines.quantity > 0) if n else np.zeros(0, dtype=bool)
+    picked = candidate & (draw < REFUND_LINE_SHARE)
+    # Every refunded order returns something: its candidate line with the lowest draw when none was picked.
+    if candidate.any():
+        key = np.where(candidate, draw, np.inf)
+        best = np.full(len(orders), np.inf)
+        np.minimum.at(best, position[candidate], key[candidate])
+        none_picked = np.bincount(position[picked], minlength=len(orders)) == 0
+        picked |= candidate & none_picked[position] & (key == best[position])
+    quantity = np.where(whole < FULL_LINE_REFUND, lines.quantity,
+                        1 + np.floor(share * np.maximum(lines.quantity - 1, 1)).astype(np.int64))
+    quantity = np.minimum(quantity, lines.quantity)
+    return DayRefunds(
+        refund_line_id=lines.order_item_id[picked],
+        order_item_id=lines.order_item_id[picked],
+        quantity=quantity[picked].astype(np.int64),
+        refunded_us=orders.events[position[picked], 4],
+    )
 
 
 def plan_lines(world: World, orders: DayOrders) -> DayLines:

@@ -4,7 +4,8 @@ The generator's own bookkeeping (the parameters a database was generated with, h
 generated, a log of runs) lives in the ``ecom_generator`` schema, apart from the shop's tables, so
 the pipeline sees a database shaped exactly like a real shop's.
 
-``ecom_generator.generated_orders`` records the id of every order the generator wrote. A re-run
+``ecom_generator.generated_orders`` records the id of every order the generator wrote, and
+``generated_refunds`` every line-level refund (``refund_lines``) it wrote, on its orders or late. A re-run
 deletes exactly those ids in its days (never "every id in the day's block": the shop's own inserts
 and ``ecom-ml import`` take ids from the same sequence, right after the last generated one, inside
 the last day's block), and a run refuses days that hold orders it did not write unless told.
@@ -30,11 +31,11 @@ from ecom_ml.db import redact_url as safe_url
 from ecom_ml.generator import pgcopy
 from ecom_ml.generator.catalogue import CATEGORIES, COUNTRIES, CURRENCY
 from ecom_ml.generator.config import FORMAT_VERSION, GeneratorError, ShopParams
+from ecom_ml.generator.days import NO_CUSTOMER, STATUSES, DayLines, DayOrders, DayRefunds
 from ecom_ml.generator.lifecycle import CustomerLifecycle
-from ecom_ml.generator.days import NO_CUSTOMER, STATUSES, DayLines, DayOrders
 from ecom_ml.generator.world import World
 
-SHOP_TABLES = ("customers", "products", "orders", "order_items")
+SHOP_TABLES = ("customers", "products", "orders", "order_items", "refund_lines")
 META_SCHEMA = "ecom_generator"
 _LOCK_KEY = 0x67656E65  # "gene": one generator run at a time per database
 _COPY_CHUNK = 1 << 20
@@ -56,6 +57,9 @@ CREATE TABLE IF NOT EXISTS {META_SCHEMA}.state (
 );
 CREATE TABLE IF NOT EXISTS {META_SCHEMA}.generated_orders (
     order_id        bigint PRIMARY KEY  -- an order the generator wrote (and may delete on a re-run)
+);
+CREATE TABLE IF NOT EXISTS {META_SCHEMA}.generated_refunds (
+    refund_line_id  bigint PRIMARY KEY  -- a refund row the generator wrote (deleted with its order on a re-run)
 );
 CREATE TABLE IF NOT EXISTS {META_SCHEMA}.runs (
     run_id          bigserial PRIMARY KEY,
@@ -145,7 +149,8 @@ class OrdersDb:
     def bump_sequences(self) -> None:
         """Move the identity sequences past the explicit ids written, so the shop's own inserts don't collide."""
         for table, column in (("customers", "customer_id"), ("products", "product_id"),
-                              ("orders", "order_id"), ("order_items", "order_item_id")):
+                              ("orders", "order_id"), ("order_items", "order_item_id"),
+                              ("refund_lines", "refund_line_id")):
             self._cur.execute(
                 f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'), "
                 f"GREATEST((SELECT max({column}) FROM {table}), 1))"
@@ -216,6 +221,19 @@ class OrdersDb:
                 SELECT order_id FROM {META_SCHEMA}.generated_orders WHERE order_id >= %s AND order_id < %s""",
             (first_id, end_id),
         )
+        # The refunds it wrote on those orders first, by its record (the cascade from their lines would
+        # take them too; deleting by the record keeps the record exact).
+        self._cur.execute(
+            f"""CREATE TEMP TABLE generator_replaced_refunds ON COMMIT DROP AS
+                SELECT g.refund_line_id FROM {META_SCHEMA}.generated_refunds g
+                JOIN refund_lines f USING (refund_line_id) JOIN order_items i USING (order_item_id)
+                JOIN generator_replaced r USING (order_id)"""
+        )
+        self._cur.execute("DELETE FROM refund_lines f USING generator_replaced_refunds x "
+                          "WHERE f.refund_line_id = x.refund_line_id")
+        self._cur.execute(f"DELETE FROM {META_SCHEMA}.generated_refunds g USING generator_replaced_refunds x "
+                          "WHERE g.refund_line_id = x.refund_line_id")
+        self._cur.execute("DROP TABLE generator_replaced_refunds")
         self._cur.execute("DELETE FROM order_items i USING generator_replaced r WHERE i.order_id = r.order_id")
         self._cur.execute("DELETE FROM orders o USING generator_replaced r WHERE o.order_id = r.order_id")
         deleted = self._cur.rowcount
@@ -283,6 +301,33 @@ class OrdersDb:
         """Load order lines encoded by ``encode_lines``."""
         self._copy_payload("order_items", LINE_COLUMNS, payload)
 
+    def copy_refunds(self, payload: bytes, refund_ids: np.ndarray) -> None:
+        """Load a day's refunds encoded by ``encode_refunds`` and record them as the generator's."""
+        self._copy_payload("refund_lines", REFUND_COLUMNS, payload)
+        self._copy(f"{META_SCHEMA}.generated_refunds", ("refund_line_id",), [pgcopy.int8(refund_ids)])
+
+    def insert_late_refunds(self, refunds: DayRefunds) -> int:
+        """Refunds of earlier days' orders that happened since the last run; one already there is kept."""
+        if len(refunds) == 0:
+            return 0
+        self._cur.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS generator_late_refunds "
+            "(refund_line_id bigint, order_item_id bigint, quantity integer, refunded_at timestamptz) ON COMMIT DROP"
+        )
+        self._cur.execute("TRUNCATE generator_late_refunds")
+        self._copy_payload("generator_late_refunds", REFUND_COLUMNS, encode_refunds(refunds))
+        self._cur.execute(
+            """WITH added AS (
+                   INSERT INTO refund_lines (refund_line_id, order_item_id, quantity, refunded_at)
+                   SELECT l.refund_line_id, l.order_item_id, l.quantity, l.refunded_at FROM generator_late_refunds l
+                   WHERE EXISTS (SELECT 1 FROM order_items i WHERE i.order_item_id = l.order_item_id)
+                   ON CONFLICT (refund_line_id) DO NOTHING
+                   RETURNING refund_line_id)
+               INSERT INTO """ + META_SCHEMA + """.generated_refunds (refund_line_id)
+               SELECT refund_line_id FROM added ON CONFLICT DO NOTHING"""
+        )
+        return self._cur.rowcount
+
     def update_states(self, order_ids: np.ndarray, status: np.ndarray, updated_us: np.ndarray) -> int:
         """Apply late status changes to existing orders; returns how many rows changed."""
         if len(order_ids) == 0:
@@ -313,6 +358,19 @@ class OrdersDb:
 
 ORDER_COLUMNS = ("order_id", "external_ref", "customer_id", "status", "currency", "country", "created_at", "updated_at")
 LINE_COLUMNS = ("order_item_id", "order_id", "line_no", "product_id", "quantity", "unit_price")
+
+
+REFUND_COLUMNS = ("refund_line_id", "order_item_id", "quantity", "refunded_at")
+
+
+def encode_refunds(refunds: DayRefunds) -> bytes:
+    """Refunds as a binary COPY payload (pure: safe to run in a worker thread)."""
+    return pgcopy.encode([
+        pgcopy.int8(refunds.refund_line_id),
+        pgcopy.int8(refunds.order_item_id),
+        pgcopy.int4(refunds.quantity),
+        pgcopy.timestamptz(refunds.refunded_us),
+    ])
 
 
 def encode_orders(orders: DayOrders, status: np.ndarray, updated_us: np.ndarray) -> bytes:

@@ -8,7 +8,8 @@ The database always shows every generated order as of the end of its generated r
 3. replaces its days (deleting their id blocks first when they were generated before) with orders in
    their state as of ``max(end, generated_end)``;
 4. re-derives the ``LIFECYCLE_DAYS`` days before ``start`` and UPDATEs the orders whose status changed
-   between the old and the new end (late cancellations, refunds, deliveries);
+   between the old and the new end (late cancellations, refunds, deliveries), inserting the
+   line-level refunds (``refund_lines``) that happened in between;
 
 so ``[a, b)`` then ``[b, c)`` leaves the same tables as ``[a, c)``, and re-running a range changes nothing.
 """
@@ -40,12 +41,14 @@ from ecom_ml.generator.days import (
     STATUSES,
     DayLines,
     DayOrders,
+    DayRefunds,
     order_states,
     plan_lines,
     plan_orders,
+    plan_refunds,
 )
 from ecom_ml.generator.faults import FaultCounts, inject
-from ecom_ml.generator.load import StoredState, encode_lines, encode_orders, transaction
+from ecom_ml.generator.load import StoredState, encode_lines, encode_orders, encode_refunds, transaction
 from ecom_ml.generator.timeline import LIFECYCLE_DAYS, ORDER_ID_BLOCK, DayHeader, Promo, day_start_us
 from ecom_ml.generator.world import World, build_world
 
@@ -65,6 +68,8 @@ class GenerationSummary:
     new_products: int = 0
     replaced_orders: int = 0
     late_updates: int = 0
+    refunds: int = 0  # line-level refunds written on this run's days
+    late_refunds: int = 0  # line-level refunds of earlier days' orders that happened since the last run
     promotions: list[tuple[date, Promo]] = field(default_factory=list)
     faults: FaultCounts = field(default_factory=FaultCounts)
     row_triggers_skipped: bool = False  # see OrdersDb.unchecked_inserts
@@ -94,6 +99,7 @@ class GenerationSummary:
             f"  orders {self.orders:,} with {self.lines:,} lines ({status or 'no orders'})",
             f"  new rows: {self.new_customers:,} customers, {self.new_products:,} products",
             f"  promotion days: {promos}",
+            f"  line-level refunds: {self.refunds:,} on these days' orders, {self.late_refunds:,} late",
             f"  late status changes applied to earlier orders: {self.late_updates:,}",
             f"  injected faults: {faults}",
             f"  took {self.seconds:.1f} s ({self.lines_per_second:,.0f} lines/s; binary COPY, "
@@ -157,6 +163,8 @@ class _Day:
     orders_payload: bytes
     lines_payload: bytes
     order_ids: np.ndarray
+    refunds_payload: bytes
+    refund_ids: np.ndarray
 
 
 def _simulate(world: World, config: GeneratorConfig, header: DayHeader, as_of_us: int) -> _Day:
@@ -165,8 +173,11 @@ def _simulate(world: World, config: GeneratorConfig, header: DayHeader, as_of_us
     orders, lines, faults = inject(config.injections, world.params.seed, orders, lines)
     _check_references(world, orders, lines)
     status, updated = order_states(orders, as_of_us)
+    refunds = plan_refunds(world, orders, lines)
+    refunds = refunds.subset(refunds.refunded_us < as_of_us)  # the state as of the run's end, like statuses
     return _Day(header, len(orders), len(lines), np.bincount(status, minlength=len(STATUSES)), faults,
-                encode_orders(orders, status, updated), encode_lines(lines), orders.order_id.copy())
+                encode_orders(orders, status, updated), encode_lines(lines), orders.order_id.copy(),
+                encode_refunds(refunds), refunds.refund_line_id.copy())
 
 
 def _check_references(world: World, orders: DayOrders, lines: DayLines) -> None:
@@ -273,6 +284,8 @@ def generate(url: str, config: GeneratorConfig, progress: bool = True) -> Genera
                 db.copy_orders(day.orders_payload)
                 db.copy_lines(day.lines_payload)
                 db.record_generated(day.order_ids)
+                db.copy_refunds(day.refunds_payload, day.refund_ids)
+                summary.refunds += len(day.refund_ids)
                 summary.add_day(day.orders, day.lines, day.statuses, day.faults)
                 bar.update(1)
                 bar.set_postfix_str(f"{summary.lines / (time.perf_counter() - started):,.0f} lines/s")
@@ -283,6 +296,8 @@ def generate(url: str, config: GeneratorConfig, progress: bool = True) -> Genera
             assert previous_end is not None
             summary.late_updates = db.update_states(*_late_changes(world, lookback, day_start_us(previous_end),
                                                                    as_of_us))
+            summary.late_refunds = db.insert_late_refunds(_late_refunds(world, config, lookback,
+                                                                        day_start_us(previous_end), as_of_us))
 
         db.bump_sequences()
         db.save_state(params, as_of)
@@ -314,10 +329,26 @@ def _late_changes(world: World, headers: list[DayHeader], old_us: int, new_us: i
     return np.concatenate(ids), np.concatenate(statuses), np.concatenate(updated)
 
 
+def _late_refunds(world: World, config: GeneratorConfig, headers: list[DayHeader], old_us: int, new_us: int
+                  ) -> DayRefunds:
+    """Refunds of the lookback days' orders that happened in ``[old_us, new_us)``: their lines are
+    re-derived with the run's injections, as they were written."""
+    found: DayRefunds | None = None
+    for header in headers:
+        orders = plan_orders(world, header)
+        orders, lines, _ = inject(config.injections, world.params.seed, orders, plan_lines(world, orders))
+        refunds = plan_refunds(world, orders, lines)
+        refunds = refunds.subset((refunds.refunded_us >= old_us) & (refunds.refunded_us < new_us))
+        found = refunds if found is None else found.concat(refunds)
+    assert found is not None  # headers is not empty
+    return found
+
+
 def _log_record(summary: GenerationSummary) -> dict[str, object]:
     return {"orders": summary.orders, "lines": summary.lines, "statuses": summary.statuses,
             "new_customers": summary.new_customers, "new_products": summary.new_products,
             "replaced_orders": summary.replaced_orders, "late_updates": summary.late_updates,
+            "refunds": summary.refunds, "late_refunds": summary.late_refunds,
             "faults": summary.faults.as_dict(),
             "promotions": [d.isoformat() for d, _ in summary.promotions]}
 

@@ -5,7 +5,8 @@ The pipeline, one module per step:
 1. ``mapping``       read and validate the YAML mapping (which column is what, the shop's rules);
 2. ``read``          decode and split the file, every record tagged with its source line;
 3. ``rules``         parse values and give each unloadable row one reason, by priority;
-4. ``cancellations`` link cancellation lines to the orders they cancel (status, updated_at);
+4. ``cancellations`` link cancellation lines to the orders they cancel (status, updated_at, and the
+                     refund of each linked line);
 5. ``derive``        derive customers, products, orders and order lines from accepted lines;
 6. ``load``          COPY into staging tables and INSERT ... ON CONFLICT DO NOTHING, one transaction;
 7. ``rejects``       the reject file, published only after the commit.
@@ -63,6 +64,7 @@ _STEPS = (
     "products",
     "orders",
     "order lines",
+    "refund lines",
     "reject file",
     "commit",
 )
@@ -114,6 +116,7 @@ class ImportResult:
             shown = ", ".join(c.describe() for c in load.conflicts[:3])
             out.append(f"conflicts:   {len(load.conflicts):,} invoice(s) already present with other lines, left as "
                        f"they are (--skip-conflicts): {shown}" + (" ..." if len(load.conflicts) > 3 else ""))
+        out.append(f"refund lines: {load.refunds_new:,} new" + _present(load.refunds_present))
         out.append(f"customers:   {load.customers_new:,} new" + _present(load.customers_present))
         out.append(f"products:    {load.products_new:,} new" + _present(load.products_present))
         return "\n".join(out)

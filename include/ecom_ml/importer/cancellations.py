@@ -15,8 +15,11 @@ time order (then file order), one line at a time:
 A line with no such order is rejected as ``unlinked_cancellation`` (typically it cancels an order
 from before the export's first day, or a guest order without customer). A linked order whose every
 SKU is fully taken becomes ``cancelled``, one only partly taken ``refunded``; its ``updated_at`` is
-the time of its latest linked cancellation. Order lines keep the quantities as ordered; the schema
-has no per-line refund, so the status is where the cancellation lives.
+the time of its latest linked cancellation. Order lines keep the quantities as ordered; what a
+linked cancellation line takes back is recorded at line level (``refund_lines``, migration 0003):
+``Links.refunds`` names each linked line's order, SKU, quantity, time and source (invoice and its
+1-based line in file order), and ``derive`` spreads it over that order's lines of the SKU, first line
+first (the pooled quantity the link was judged on).
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ class Links:
     linked: pd.Series  # index: row position of a cancellation line; value: the order_ref it cancels
     unlinked: pd.Series  # index: row position of a cancellation line with no order; value: why not
     orders: pd.DataFrame  # index order_ref; columns status ("cancelled"/"refunded"), updated_at (UTC)
+    #: One row per linked cancellation line, in linking order: order_ref, sku, quantity (> 0, taken
+    #: back), refunded_at (UTC), source_ref (the cancellation invoice), source_line (1-based within it).
+    refunds: pd.DataFrame
 
 
 def link_cancellations(rows: pd.DataFrame, accepted: np.ndarray) -> Links:
@@ -91,7 +97,25 @@ def link_cancellations(rows: pd.DataFrame, accepted: np.ndarray) -> Links:
         held["order_ref"].to_numpy()[linked_held], index=pd.Index(linked_rows, dtype=np.int64), dtype="str"
     )
     why = pd.Series(list(unlinked.values()), index=pd.Index(list(unlinked), dtype=np.int64), dtype="str")
-    return Links(linked, why, _order_updates(lines, rows, linked))
+    return Links(linked, why, _order_updates(lines, rows, linked), _refunds(rows, is_cancel, linked))
+
+
+def _refunds(rows: pd.DataFrame, is_cancel: np.ndarray, linked: pd.Series) -> pd.DataFrame:
+    """The linked cancellation lines as refunds; ``source_line`` counts every row of the invoice in
+    file order (rejected ones too), so it names the same line in any export holding that invoice."""
+    cancels = rows[is_cancel].sort_values("line", kind="stable")
+    position = cancels.groupby("order_ref", sort=False).cumcount() + 1
+    picked = rows.loc[linked.index]
+    return pd.DataFrame(
+        {
+            "order_ref": linked.to_numpy(dtype=str),
+            "sku": picked["sku"].to_numpy(),
+            "quantity": (-picked["quantity"]).to_numpy(dtype=np.int64),
+            "refunded_at": picked["ts"].to_numpy(),
+            "source_ref": picked["order_ref"].to_numpy(),
+            "source_line": position.reindex(linked.index).to_numpy(dtype=np.int64),
+        }
+    )
 
 
 def _why_unlinked(customer: str, quantity: int, left: list[int]) -> str:

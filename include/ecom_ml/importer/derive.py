@@ -17,6 +17,10 @@ attributes:
   cancellation was linked to it (see cancellations.py), ``updated_at`` = created_at or the latest
   linked cancellation.
 * order line: ``line_no`` = 1, 2, ... in file order within the order, over accepted lines only.
+* refund line: each linked cancellation line (``Links.refunds``) takes its quantity from the
+  order's lines of that SKU in line order, each up to what it still holds after earlier
+  cancellations (linking guarantees the pool holds enough); one cancellation line may so refund
+  two duplicate lines, each its own row.
 """
 
 from __future__ import annotations
@@ -39,25 +43,63 @@ class Tables:
     products: pd.DataFrame  # sku, name, category, price, created_at, updated_at
     orders: pd.DataFrame  # external_ref, customer_ref, status, currency, country, created_at, updated_at
     items: pd.DataFrame  # order_ref, line_no, sku, quantity, unit_price
+    refunds: pd.DataFrame  # order_ref, line_no, sku, quantity, refunded_at, source_ref, source_line
 
 
 def build_tables(lines: pd.DataFrame, links: Links, mapping: Mapping) -> Tables:
     """Derive the target tables from the accepted order lines (``rules.classify`` columns)."""
     lines = lines.sort_values("line", kind="stable")
+    items = pd.DataFrame(
+        {
+            "order_ref": lines["order_ref"],
+            "line_no": lines.groupby("order_ref", sort=False).cumcount() + 1,
+            "sku": lines["sku"],
+            "quantity": lines["quantity"],
+            "unit_price": cents_to_text(lines["price_cents"]),
+        }
+    ).reset_index(drop=True)
     return Tables(
         customers=_customers(lines),
         products=_products(lines, mapping.categories),
         orders=_orders(lines, links, mapping),
-        items=pd.DataFrame(
-            {
-                "order_ref": lines["order_ref"],
-                "line_no": lines.groupby("order_ref", sort=False).cumcount() + 1,
-                "sku": lines["sku"],
-                "quantity": lines["quantity"],
-                "unit_price": cents_to_text(lines["price_cents"]),
-            }
-        ).reset_index(drop=True),
+        items=items,
+        refunds=refund_lines(items, links.refunds),
     )
+
+
+REFUND_COLUMNS = ("order_ref", "line_no", "sku", "quantity", "refunded_at", "source_ref", "source_line")
+
+
+def refund_lines(items: pd.DataFrame, refunds: pd.DataFrame) -> pd.DataFrame:
+    """Spread each linked cancellation over its order's lines of the SKU (see module doc).
+
+    A Python loop over cancellation lines: they are a few percent of the file (about 8k of 525k on
+    Online Retail II), and each touches the one or two lines of its (order, SKU).
+    """
+    wanted = items.merge(refunds[["order_ref", "sku"]].drop_duplicates(), on=["order_ref", "sku"], how="inner")
+    pools: dict[tuple[str, str], list[list[int]]] = {}
+    for ref, sku, line_no, quantity in zip(wanted["order_ref"].tolist(), wanted["sku"].tolist(),
+                                           wanted["line_no"].tolist(), wanted["quantity"].tolist(), strict=True):
+        pools.setdefault((ref, sku), []).append([int(line_no), int(quantity)])
+    out: list[tuple[object, ...]] = []
+    for ref, sku, quantity, at, source, source_line in zip(
+        refunds["order_ref"].tolist(), refunds["sku"].tolist(), refunds["quantity"].tolist(),
+        refunds["refunded_at"].tolist(), refunds["source_ref"].tolist(), refunds["source_line"].tolist(), strict=True,
+    ):
+        left = int(quantity)
+        for slot in sorted(pools.get((ref, sku), [])):
+            if left == 0:
+                break
+            take = min(left, slot[1])
+            if take > 0:
+                slot[1] -= take
+                left -= take
+                out.append((ref, slot[0], sku, take, at, source, int(source_line)))
+        if left:  # linking checked the pooled quantity; a shortfall here is a bug
+            raise RuntimeError(f"cancellation {source} line {source_line}: {left} of {sku} not found in order {ref}")
+    frame = pd.DataFrame(out, columns=list(REFUND_COLUMNS))
+    frame["refunded_at"] = pd.to_datetime(frame["refunded_at"], utc=True)
+    return frame.astype({"line_no": np.int64, "quantity": np.int64, "source_line": np.int64})
 
 
 def cents_to_text(cents: pd.Series) -> pd.Series:

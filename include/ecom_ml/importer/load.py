@@ -71,6 +71,15 @@ _STAGING: dict[str, tuple[tuple[str, str], ...]] = {
         ("quantity", "integer"),
         ("unit_price", "numeric(12, 2)"),
     ),
+    "import_refunds": (
+        ("order_ref", "text"),
+        ("line_no", "integer"),
+        ("sku", "text"),
+        ("quantity", "integer"),
+        ("refunded_at", "timestamptz"),
+        ("source_ref", "text"),
+        ("source_line", "integer"),
+    ),
     "import_new_orders": (("order_id", "bigint"), ("external_ref", "text"), ("status", "text")),
 }
 
@@ -106,6 +115,8 @@ class LoadCounts:
     orders_new: int = 0
     orders_present: int = 0
     items_new: int = 0
+    refunds_new: int = 0
+    refunds_present: int = 0
     orders_new_by_status: dict[str, int] = field(default_factory=dict)
     present_examples: list[str] = field(default_factory=list)  # a few invoices skipped as present
     conflicts: list[Conflict] = field(default_factory=list)  # present invoices whose lines differ (skipped)
@@ -162,6 +173,8 @@ def load_tables(
             counts.orders_new = _insert_orders(cur)
             step("order lines")
             counts.items_new = _insert_items(cur)
+            step("refund lines")
+            counts.refunds_new = _insert_refunds(cur)
         except (psycopg2.errors.UndefinedTable, psycopg2.errors.UndefinedColumn) as exc:
             first = str(exc).strip().splitlines()[0]
             raise DatabaseError(
@@ -170,6 +183,7 @@ def load_tables(
         counts.customers_present = len(tables.customers) - counts.customers_new
         counts.products_present = len(tables.products) - counts.products_new
         counts.orders_present = len(tables.orders) - counts.orders_new
+        counts.refunds_present = len(tables.refunds) - counts.refunds_new
         cur.execute("SELECT status, count(*) FROM import_new_orders GROUP BY status ORDER BY status")
         counts.orders_new_by_status = dict(cur.fetchall())
         cur.execute(
@@ -207,6 +221,7 @@ def _stage(cur: Cursor, tables: Tables) -> None:
         ("import_products", tables.products),
         ("import_orders", tables.orders),
         ("import_items", tables.items),
+        ("import_refunds", tables.refunds),
     ):
         _copy(cur, name, frame)
         cur.execute(f"ANALYZE {name}")  # temporary tables get no autovacuum statistics
@@ -280,3 +295,27 @@ def _insert_items(cur: Cursor) -> int:
             f"inserted {inserted} order lines for the new orders, expected {expected}: a SKU did not resolve"
         )
     return inserted
+
+
+def _insert_refunds(cur: Cursor) -> int:
+    """Insert the file's refund lines not yet present, for every order of the file in the database.
+
+    Also for orders already present: a database imported before line-level refunds existed gains
+    them on a re-import (its orders kept their status). A refund attaches to the order line with its
+    order, line number *and* SKU, so an invoice present with other lines (a skipped conflict) gets
+    none rather than a wrong one; ``(source_ref, source_line, order_item_id)`` makes a second import
+    add nothing.
+    """
+    cur.execute(
+        """INSERT INTO refund_lines (order_item_id, quantity, refunded_at, source_ref, source_line)
+           SELECT oi.order_item_id, r.quantity, r.refunded_at, r.source_ref, r.source_line
+           FROM import_refunds r
+           JOIN orders o ON o.external_ref = r.order_ref
+           JOIN order_items oi ON oi.order_id = o.order_id AND oi.line_no = r.line_no
+           JOIN products p ON p.product_id = oi.product_id AND p.sku = r.sku
+           WHERE NOT EXISTS (SELECT 1 FROM refund_lines x WHERE x.source_ref = r.source_ref
+                             AND x.source_line = r.source_line AND x.order_item_id = oi.order_item_id)
+           ORDER BY r.refunded_at, r.source_ref, r.source_line, oi.order_item_id
+           ON CONFLICT (source_ref, source_line, order_item_id) DO NOTHING"""
+    )
+    return cur.rowcount

@@ -8,6 +8,12 @@ Beside the current state it returns ``order_history``: every version of every or
 window (``order_id``, ``status``, ``updated_at``), so a reader can see an order *as it was* at an
 earlier moment — a model trained up to a cutoff must see an order cancelled after the cutoff as the
 purchase it still was then (``ecom_ml.features.recommender`` turns this into ``removed_at``).
+
+``refund_lines`` are taken from the same partition as the order's chosen version, like its lines:
+that partition holds every refund of the order recorded up to it. Each refund row carries
+``refunded_at``, so a reader at a cutoff counts only the refunds recorded before it
+(``ecom_ml.ingest.refunds``). Partitions extracted before line-level refunds have no such table;
+their orders come back without refund rows, and readers fall back to the order's status.
 """
 
 from __future__ import annotations
@@ -49,9 +55,12 @@ def current_orders(lake: Lake, first: date, last: date) -> dict[str, pa.Table]:
     from ecom_ml.ingest.schema import arrow_schema
 
     days = [d for d in lake.days(VALIDATED, DATASET) if first <= d <= last]
-    parts: dict[str, list[pa.Table]] = {name: [] for name in ("orders", "order_items", "customers", "products")}
+    names = ("orders", "order_items", "refund_lines", "customers", "products")
+    parts: dict[str, list[pa.Table]] = {name: [] for name in names}
     for index, day in enumerate(days):
         for name, table in lake.read(VALIDATED, DATASET, day).items():
+            if name not in parts:
+                continue
             parts[name].append(table.append_column(_PART, pa.array([index] * table.num_rows, pa.int32())))
     merged: dict[str, pa.Table] = {}
     for name, tables in parts.items():
@@ -64,9 +73,15 @@ def current_orders(lake: Lake, first: date, last: date) -> dict[str, pa.Table]:
         history = history.select(list(HISTORY_COLUMNS)).sort_by([(c, "ascending") for c in HISTORY_COLUMNS])
     items = merged["order_items"].join(orders.select(["order_id", _PART]), keys=["order_id", _PART], join_type="inner")
     items = items.sort_by([("order_id", "ascending"), ("line_no", "ascending"), ("order_item_id", "ascending")])
+    # A refund belongs to the partition of its line's chosen version (the line's order_item_id and
+    # partition), so a refund deleted in the source disappears with the next version of the order.
+    refunds = merged["refund_lines"].join(items.select(["order_item_id", _PART]), keys=["order_item_id", _PART],
+                                          join_type="inner")
+    refunds = refunds.sort_by([("refund_line_id", "ascending")])
     return {
         "orders": orders.drop_columns([_PART]),
         "order_items": items.select([f.name for f in arrow_schema("order_items")]),
+        "refund_lines": refunds.select([f.name for f in arrow_schema("refund_lines")]),
         "customers": _latest(merged["customers"], "customer_id").drop_columns([_PART]),
         "products": _latest(merged["products"], "product_id").drop_columns([_PART]),
         "order_history": history,

@@ -1,16 +1,19 @@
 """Pull one day of orders out of the shop's database as Arrow tables with an explicit schema.
 
-Which rows: every order *created or updated* in ``[start, end)`` with its current state, and all
-its lines, plus the customers and products those rows reference. That is change capture by
-``updated_at``: a cancellation or refund arriving days later shows up again in the partition of the
-day it happened, and readers keep the latest version of each order (see ``ecom_ml.orders``). Each
+Which rows: every order *created or updated* in ``[start, end)`` with its current state, all its
+lines and all their line-level refunds so far (``refund_lines``), plus the customers and products
+those rows reference. That is change capture by ``updated_at``: a cancellation or refund arriving
+days later shows up again in the partition of the day it happened (with every refund of the order up
+to then), and readers keep the latest version of each order (see ``ecom_ml.ingest.current``). A
+refund is a change of its order, so whoever writes one moves the order's ``updated_at`` (the importer
+and the generator do, as a shop's refund flow updates the order's status). Each
 run reads and writes only its own day, so backfills of different days never touch each other.
 
 How: ``COPY (…) TO STDOUT (FORMAT csv)`` streamed through a pipe into pyarrow's multi-threaded CSV
 reader. The database serialises while Arrow parses, on the two cores at once, which is why this is
 several times faster than ``pandas.read_sql`` and needs no row objects in Python. Timestamps travel
 as epoch microseconds and money as text parsed straight into ``decimal128``, so nothing depends on
-the session's time zone or locale. All four queries run in one REPEATABLE READ transaction and so
+the session's time zone or locale. All the queries run in one REPEATABLE READ transaction and so
 see one consistent snapshot.
 """
 
@@ -61,6 +64,11 @@ def _queries() -> dict[str, str]:
         "order_items": (
             f"SELECT {_select('order_items', 'i')} FROM order_items i JOIN day_orders d USING (order_id) "
             "ORDER BY i.order_id, i.line_no, i.order_item_id"
+        ),
+        "refund_lines": (
+            f"SELECT {_select('refund_lines', 'r')} FROM refund_lines r "
+            "JOIN order_items i USING (order_item_id) JOIN day_orders d USING (order_id) "
+            "ORDER BY r.refund_line_id"
         ),
         "customers": (
             f"SELECT {_select('customers', 'c')} FROM customers c "

@@ -1,4 +1,7 @@
-"""The lake's explicit Arrow schema for the four extracted tables, and the source check behind it.
+"""The lake's explicit Arrow schema for the extracted tables, and the source check behind it.
+
+``refund_lines`` (migration 0003) is the newest: partitions extracted before it lack the table,
+and readers treat such a partition's orders by their status alone (see ``ecom_ml.ingest.refunds``).
 
 Written down rather than inferred, so a type change in the source database is an error at
 extraction time instead of a silently different Parquet file, and readers (quality checks,
@@ -53,6 +56,14 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
         Column("product_id", "int64", nullable=False),
         Column("quantity", "int32", nullable=False),
         Column("unit_price", "money", nullable=False),
+    ),
+    "refund_lines": (
+        Column("refund_line_id", "int64", nullable=False),
+        Column("order_item_id", "int64", nullable=False),
+        Column("quantity", "int32", nullable=False),
+        Column("refunded_at", "timestamp", nullable=False),
+        Column("source_ref", "string"),
+        Column("source_line", "int32"),
     ),
     "customers": (
         Column("customer_id", "int64", nullable=False),

@@ -588,9 +588,12 @@ def _as_purchases(interactions: Any) -> Any:
 
     if "removed_at" not in interactions.column_names:
         return interactions
-    index = interactions.schema.get_field_index("removed_at")
-    field = interactions.schema.field(index)
-    return interactions.set_column(index, field, pa.nulls(interactions.num_rows, field.type))
+    for name in ("removed_at", "refunds"):  # refunds: already subtracted from quantity by the cut
+        index = interactions.schema.get_field_index(name)
+        if index >= 0:
+            field = interactions.schema.field(index)
+            interactions = interactions.set_column(index, field, pa.nulls(interactions.num_rows, field.type))
+    return interactions
 
 
 def _check_features(features: dict[str, Any]) -> None:

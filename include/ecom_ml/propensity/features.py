@@ -13,9 +13,14 @@ partition stays the size of the window instead of (cutoffs x customers x weeks).
 
 Choices, and why:
 
-* **As of the cutoff.** An order counts as a purchase at a cutoff when it was not (yet) cancelled
-  or refunded then (``removed_at`` from the order history, as for the recommender and demand); an
-  order removed before the cutoff is a *refund* of the week it was placed in. Training labels are
+* **As of the cutoff, line by line.** Refunds are per line (``ecom_ml.ingest.refunds``): a stored
+  line is split into what the customer kept (``removed_at`` null) and one piece per refund
+  (``removed_at`` = when it was refunded), units and spend shared out by quantity; a line of an
+  order without refund rows (an older lake, extracted before ``refund_lines`` existed) is one piece
+  removed when its order was cancelled or refunded, the order-level rule. At a cutoff a piece counts
+  as a purchase when it was not (yet) removed then; an order counts as a purchase while some of it
+  is kept, and an order with a piece removed before the cutoff is a *refund* of the week it was
+  placed in (a partial refund included). Training labels are
   read as known at the model's cutoff (the holdout start): an order refunded later still was a
   purchase then. The holdout's labels are today's state.
 * **Population.** Every customer with an order placed before the cutoff (in the window), whatever
@@ -41,12 +46,15 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ecom_ml.errors import EcomError
+from ecom_ml.ingest.refunds import REFUND_TYPE, line_states
 from ecom_ml.lake import FEATURES, Lake, Manifest
 
 DATASET = "propensity"
-FEATURE_VERSION = 1  # of the stored partition (the lines); the examples' features may grow without it
+#: Of the stored partition (the lines); the examples' features may grow without it.
+FEATURE_VERSION = 2  # 2: lines split into kept and refunded pieces (line-level refunds)
 #: Days between two training cutoffs (one week: each customer appears at most once a week).
 CUTOFF_STEP_DAYS = 7
 #: Lake history a training cutoff needs before it (tenure and RFM of shorter ones are mostly window).
@@ -149,26 +157,21 @@ def build_features(tables: Mapping[str, pa.Table], params: PropensityParams) -> 
     from the current orders of the window (``ecom_ml.ingest.current.current_orders``)."""
     import pyarrow.compute as pc
 
-    from ecom_ml.features.recommender import removal_times
-
     orders = tables["orders"]
     created = orders.column("created_at").cast(_TS)
     in_window = pc.and_(pc.greater_equal(created, pa.scalar(params.start, _TS)),
                         pc.less(created, pa.scalar(params.end, _TS)))
     orders = orders.filter(in_window)
     no_customer = pc.is_null(orders.column("customer_id"))
-    removed = removal_times(tables)
     head = pa.table({"order_id": orders.column("order_id").cast(pa.int64()),
                      "customer_id": orders.column("customer_id").cast(pa.int64()),
                      "created_at": orders.column("created_at").cast(_TS)})
-    head = head.join(removed, keys="order_id", join_type="left outer")
     items = tables["order_items"]
-    lines = pa.table({
-        "order_id": items.column("order_id").cast(pa.int64()),
-        "product_id": items.column("product_id").cast(pa.int64()),
-        "quantity": items.column("quantity").cast(pa.float64()),
-        "unit_price": items.column("unit_price").cast(pa.float64()),
-    }).join(head, keys="order_id", join_type="inner")
+    if "order_item_id" not in items.column_names:  # hand-made tables: lines are their own ids
+        items = items.append_column("order_item_id", pa.array(np.arange(items.num_rows, dtype=np.int64)))
+        tables = {name: table for name, table in tables.items() if name != "refund_lines"}
+    lines = _pieces(items, line_states({**tables, "order_items": items})).join(head, keys="order_id",
+                                                                                join_type="inner")
     orphan = pc.is_null(lines.column("customer_id"))
     without_customer = int(pc.sum(orphan.cast(pa.int64())).as_py() or 0)
     lines = lines.filter(pc.invert(orphan))
@@ -190,12 +193,41 @@ def build_features(tables: Mapping[str, pa.Table], params: PropensityParams) -> 
         "lines": out.num_rows,
         "orders": len(pc.unique(out.column("order_id"))),
         "customers": len(pc.unique(out.column("customer_id"))),
-        "lines_removed": int(pc.sum(removed_now.cast(pa.int64())).as_py() or 0),
+        "lines_removed": int(pc.sum(removed_now.cast(pa.int64())).as_py() or 0),  # pieces removed by now
         "lines_without_customer": without_customer,
         "orders_without_customer": int(pc.sum(no_customer.cast(pa.int64())).as_py() or 0),
         "negative_clipped": negative,
     }
     return {"lines": out}, counts
+
+
+def _pieces(items: pa.Table, states: pa.Table) -> pa.Table:
+    """Each line as its kept part and one piece per refund (see the module doc), with ``removed_at``."""
+    quantity = items.column("quantity").cast(pa.float64()).to_numpy()
+    price = items.column("unit_price").cast(pa.float64()).to_numpy()
+    order = items.column("order_id").cast(pa.int64()).to_numpy()
+    product = items.column("product_id").cast(pa.int64()).to_numpy()
+    removed = states.column("removed_at").cast(pa.int64()).fill_null(_NEVER).to_numpy()
+    refunds = pc.fill_null(states.column("refunds").combine_chunks(), pa.scalar([], REFUND_TYPE)) \
+        if items.num_rows else pa.array([], REFUND_TYPE)
+    flat = pc.list_flatten(refunds)
+    parent = pc.list_parent_indices(refunds).to_numpy().astype(np.int64)
+    taken = flat.field("quantity").to_numpy(zero_copy_only=False).astype(np.float64)
+    at = flat.field("at").cast(pa.int64()).to_numpy(zero_copy_only=False).astype(np.int64)
+    kept = quantity - np.bincount(parent, weights=taken, minlength=len(quantity))
+    # The kept part; a line refunded in full keeps nothing and is only its refund pieces.
+    whole = (kept > 0) | (np.bincount(parent, minlength=len(quantity)) == 0)
+    rows = np.r_[np.flatnonzero(whole), parent]
+    units = np.r_[np.where(kept > 0, kept, quantity)[whole], taken]
+    gone = np.r_[np.where(kept > 0, np.where(np.bincount(parent, minlength=len(quantity)) > 0, _NEVER, removed),
+                          removed)[whole], at]
+    return pa.table({
+        "order_id": pa.array(order[rows], pa.int64()),
+        "product_id": pa.array(product[rows], pa.int64()),
+        "quantity": pa.array(units, pa.float64()),
+        "unit_price": pa.array(price[rows], pa.float64()),
+        "removed_at": pa.array(np.where(gone == _NEVER, 0, gone), pa.int64(), mask=gone == _NEVER).cast(_TS),
+    })
 
 
 def write_features(lake: Lake, params: PropensityParams, tables: Mapping[str, pa.Table],
@@ -229,18 +261,13 @@ class Facts:
     removed: np.ndarray
     units: np.ndarray
     spend: np.ndarray
-    #: True on one line of each order: the lines of an order share customer and times, so counting
-    #: these under a mask counts distinct orders without a sort.
-    first_line: np.ndarray
 
     @classmethod
     def from_tables(cls, tables: Mapping[str, pa.Table]) -> Facts:
         lines = tables["lines"]
         removed = lines.column("removed_at").cast(_TS).cast(pa.int64()).fill_null(_NEVER)
         # Orders and products as dense codes (0 .. distinct-1): distinct counts pack (group, code) in one int64.
-        order_codes, order, = np.unique(lines.column("order_id").to_numpy(), return_index=True, return_inverse=True)[1:]
-        first_line = np.zeros(lines.num_rows, dtype=bool)
-        first_line[order_codes] = True
+        order = np.unique(lines.column("order_id").to_numpy(), return_inverse=True)[1]
         product = np.unique(lines.column("product_id").to_numpy(), return_inverse=True)[1]
         return cls(
             customer=lines.column("customer_id").to_numpy().astype(np.int64),
@@ -250,7 +277,6 @@ class Facts:
             removed=removed.to_numpy(),
             units=lines.column("units").to_numpy().astype(np.float64),
             spend=lines.column("spend").to_numpy().astype(np.float64),
-            first_line=first_line,
         )
 
 
@@ -338,13 +364,13 @@ def examples_at(facts: Facts, cutoff: datetime, label_days: int, weeks: int,
     size = n * weeks
     seq = np.zeros((size, len(CHANNELS)))
     keep_seq = kept & in_seq
-    one = facts.first_line
-    seq[:, 0] = np.bincount(cell[keep_seq & one], minlength=size)
+    # Orders are counted as distinct order codes: pieces of one order may differ in removal.
+    seq[:, 0] = _unique_count(cell[keep_seq], facts.order[keep_seq], size)
     seq[:, 1] = np.bincount(cell[keep_seq], weights=facts.units[keep_seq], minlength=size)
     seq[:, 2] = np.bincount(cell[keep_seq], weights=facts.spend[keep_seq], minlength=size)
     seq[:, 3] = _unique_count(cell[keep_seq], facts.product[keep_seq], size)
     ref_seq = refunded & in_seq
-    seq[:, 4] = np.bincount(cell[ref_seq & one], minlength=size)
+    seq[:, 4] = _unique_count(cell[ref_seq], facts.order[ref_seq], size)
     sequence = seq.reshape(n, weeks, len(CHANNELS))
 
     # -- RFM and tenure ----------------------------------------------------------------------------
@@ -359,12 +385,12 @@ def examples_at(facts: Facts, cutoff: datetime, label_days: int, weeks: int,
     tenure = (c - first_any) / days if n else np.zeros(0)
     since_any = (c - last_any) / days if n else np.zeros(0)
     recency = np.where(has_purchase, (c - np.where(has_purchase, last_kept, c)) / days, tenure)
-    orders = np.bincount(index[kept & one], minlength=n).astype(np.float64)
+    orders = _unique_count(index[kept], facts.order[kept], n)
     recent90 = kept & (facts.created >= c - 90 * _DAY_US)
     recent30 = kept & (facts.created >= c - 30 * _DAY_US)
-    orders90 = np.bincount(index[recent90 & one], minlength=n).astype(np.float64)
-    orders30 = np.bincount(index[recent30 & one], minlength=n).astype(np.float64)
-    refunds = np.bincount(index[refunded & one], minlength=n).astype(np.float64)
+    orders90 = _unique_count(index[recent90], facts.order[recent90], n)
+    orders30 = _unique_count(index[recent30], facts.order[recent30], n)
+    refunds = _unique_count(index[refunded], facts.order[refunded], n)
     spend = np.bincount(index[kept], weights=facts.spend[kept], minlength=n).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         aov = np.where(orders > 0, spend / np.maximum(orders, 1), 0.0)
@@ -403,9 +429,10 @@ def _rhythm(facts: Facts, index: np.ndarray, kept: np.ndarray, c: int, n: int, r
     * trend: ``log1p(orders in the last 90 days) - log1p(orders in the 90 before)``;
     * basket: lines and units per order (a wholesaler buys many lines in bulk).
     """
-    mask = kept & facts.first_line
-    cust = index[mask]
-    day_no = (c - 1 - facts.created[mask]) // _DAY_US  # 0: the day before the cutoff
+    # Every kept piece, not one line per order: an order's first line may be a piece refunded already.
+    cust = index[kept]
+    order = facts.order[kept]
+    day_no = (c - 1 - facts.created[kept]) // _DAY_US  # 0: the day before the cutoff
     span = int(day_no.max()) + 2 if len(day_no) else 1
     pairs = np.unique(cust * span + day_no)  # distinct (customer, purchase day), by customer then newest first
     pc, pd = pairs // span, pairs % span
@@ -422,8 +449,9 @@ def _rhythm(facts: Facts, index: np.ndarray, kept: np.ndarray, c: int, n: int, r
         overdue = np.where(mean_gap > 0, recency / np.maximum(mean_gap, 1.0), 0.0)
     weeks = _unique_count(cust, day_no // 7, n)
     months = _unique_count(cust, day_no // 30, n)
-    last90 = np.bincount(cust[day_no < 90], minlength=n)
-    before90 = np.bincount(cust[(day_no >= 90) & (day_no < 180)], minlength=n)
+    last90 = _unique_count(cust[day_no < 90], order[day_no < 90], n)
+    early = (day_no >= 90) & (day_no < 180)
+    before90 = _unique_count(cust[early], order[early], n)
     lines = np.bincount(index[kept], minlength=n).astype(np.float64)
     units = np.bincount(index[kept], weights=facts.units[kept], minlength=n)
     per = np.maximum(orders, 1)

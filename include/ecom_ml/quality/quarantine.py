@@ -43,6 +43,9 @@ ROW_RULES: frozenset[str] = frozenset({
     "order_items.unit_price_non_negative",
     "order_items.unit_price_outlier",
     "products.list_price",
+    "refund_lines.refunded_at_not_null",
+    "refund_lines.quantity_positive",
+    "refund_lines.within_ordered",
 })
 
 IDS_DOCUMENT = "quarantined_ids.json"
@@ -98,6 +101,11 @@ def bad_rows(results: Sequence[RuleResult], tables: Mapping[str, pa.Table]) -> B
                     orders.add(order_id)
         elif r.table == "products":
             products |= _ids(tables["products"], "product_id", r.rows)
+        elif r.table == "refund_lines" and items is not None:
+            # A bad refund takes the order of the line it refunds (the unit of quarantine).
+            refunded = _ids(tables["refund_lines"], "order_item_id", r.rows)
+            hit = pc.is_in(items.column("order_item_id"), value_set=pa.array(sorted(refunded), pa.int64()))
+            orders |= {v for v in items.filter(hit).column("order_id").to_pylist() if v is not None}
     if products and items is not None:
         hit = pc.is_in(items.column("product_id"), value_set=pa.array(sorted(products), pa.int64()))
         orders |= {v for v in items.filter(hit).column("order_id").to_pylist() if v is not None}
@@ -164,4 +172,11 @@ def split(tables: Mapping[str, pa.Table], bad: BadRows) -> tuple[dict[str, pa.Ta
                                                          value_set=q_orders.column("customer_id")), False))
     q_products = products.filter(pc.or_(bad_product, pc.fill_null(
         pc.is_in(products.column("product_id"), value_set=q_items.column("product_id")), False)))
-    return kept, {"orders": q_orders, "order_items": q_items, "customers": q_customers, "products": q_products}
+    quarantined = {"orders": q_orders, "order_items": q_items, "customers": q_customers, "products": q_products}
+    refunds = tables.get("refund_lines")
+    if refunds is not None:  # absent in partitions extracted before line-level refunds
+        bad_refund = pc.fill_null(pc.is_in(refunds.column("order_item_id"),
+                                           value_set=q_items.column("order_item_id")), False)
+        kept["refund_lines"] = refunds.filter(pc.invert(bad_refund))
+        quarantined["refund_lines"] = refunds.filter(bad_refund)
+    return kept, quarantined

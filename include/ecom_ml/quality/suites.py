@@ -154,6 +154,17 @@ def order_items_checks(inputs: SuiteInputs, config: QualityConfig) -> list[Check
     return b.checks
 
 
+def refund_checks(config: QualityConfig) -> list[Check]:
+    """refund_lines: a usable key and a time, and units taken back > 0 (the sum per line is in rules)."""
+    b = _Builder("refund_lines", config)
+    b.not_null("refund_line_id")
+    b.unique("refund_line_id")
+    b.not_null("refunded_at")
+    b.add("quantity_positive", b.gxe.ExpectColumnValuesToBeBetween, "quantity > 0", "quantity ≤ 0",
+          columns=("quantity",), column="quantity", min_value=1)
+    return b.checks
+
+
 def key_checks(table: str, key: str, config: QualityConfig) -> list[Check]:
     """customers and products: the day's referenced rows, checked for a usable key."""
     b = _Builder(table, config)
@@ -167,6 +178,7 @@ def build_checks(inputs: SuiteInputs, config: QualityConfig) -> dict[str, list[C
     return {
         "orders": orders_checks(inputs, config),
         "order_items": order_items_checks(inputs, config),
+        "refund_lines": refund_checks(config),
         "customers": key_checks("customers", "customer_id", config),
         "products": key_checks("products", "product_id", config),
     }

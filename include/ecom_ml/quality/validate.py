@@ -25,7 +25,15 @@ from ecom_ml.quality.report import DayHistory, QualityReport, RuleResult
 from ecom_ml.quality import calendar, drift, prices
 from ecom_ml.quality.history import Reference
 from ecom_ml.quality.quarantine import BadRows, bad_rows, decide
-from ecom_ml.quality.rules import REFERENCES, TABLES, check_reference, check_schema, not_evaluated, usable_columns
+from ecom_ml.quality.rules import (
+    REFERENCES,
+    TABLES,
+    check_reference,
+    check_schema,
+    not_evaluated,
+    refunds_within_ordered,
+    usable_columns,
+)
 from ecom_ml.quality.suites import SuiteInputs, build_checks, run_checks
 
 log = logging.getLogger(__name__)
@@ -53,7 +61,7 @@ def validate_day(
     config: QualityConfig,
     reference: Reference | None = None,
 ) -> QualityReport:
-    """Check one day's partition (orders, order_items, customers, products) against every rule."""
+    """Check one day's partition (orders, order_items, refund_lines, customers, products) against every rule."""
     return check_day(tables, day=day, interval_start=interval_start, interval_end=interval_end, history=history,
                      config=config, reference=reference).report
 
@@ -85,6 +93,7 @@ def check_day(
     inputs = SuiteInputs(start, end, calendar.cancellation_bound(list(past.values()), day, config))
     results += run_checks(build_checks(inputs, config), present, frames, usable, config)
     results += [check_reference(ref, present, usable, config) for ref in REFERENCES]
+    results.append(refunds_within_ordered(present, usable, config))
     metrics: dict[str, int] = {}
     if {"created_at", "order_id"} <= usable["orders"] and "order_id" in usable["order_items"]:
         counts = calendar.day_counts(present, start, end)
