@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import date, datetime, timedelta, timezone
@@ -567,6 +568,54 @@ def test_cli_generate_alongside_imported_flag(orders_db: str, capsys: pytest.Cap
     err = capsys.readouterr().err.strip()
     assert err.startswith("ecom-ml: error: ") and "INV-2" in err and "\n" not in err
     assert main([*args, "--alongside-imported"]) == 0
+
+
+# -- customer lifecycle (opt-in) ---------------------------------------------------------------------------
+
+
+def _lapsed_share(url: str, first: date, last: date) -> float:
+    """Share of the customers who ordered in the first 30 days that never ordered in the last 30."""
+    (share,), = _query(url, """
+        WITH early AS (SELECT DISTINCT customer_id FROM orders WHERE created_at < %(a)s),
+             late AS (SELECT DISTINCT customer_id FROM orders WHERE created_at >= %(b)s)
+        SELECT avg((l.customer_id IS NULL)::int)::float FROM early e LEFT JOIN late l USING (customer_id)""",
+                       {"a": first + timedelta(days=30), "b": last - timedelta(days=30)})
+    return share
+
+
+def test_customer_lifecycle_makes_customers_lapse_and_is_kept_with_the_database(
+        another_orders_db: Callable[[], str]) -> None:
+    from ecom_ml.generator.lifecycle import CustomerLifecycle
+
+    plain, living, again = another_orders_db(), another_orders_db(), another_orders_db()
+    days, end = 120, START + timedelta(days=120)
+    generate(plain, _config(days=days, orders_per_day=150), progress=False)
+    generate(living, _config(days=days, orders_per_day=150, lifecycle=CustomerLifecycle()), progress=False)
+    generate(again, _config(days=60, orders_per_day=150, lifecycle=CustomerLifecycle()), progress=False)
+    # Continuing needs the same lifecycle; with it, two runs equal one.
+    with pytest.raises(GeneratorError, match=r"customer lifecycle on .* \(asked: off\)"):
+        generate(again, _config(days=60, orders_per_day=150, start=START + timedelta(days=60)), progress=False)
+    generate(again, _config(days=60, orders_per_day=150, start=START + timedelta(days=60),
+                            lifecycle=CustomerLifecycle()), progress=False)
+    assert _checksums(again) == _checksums(living)
+    # Same volume, but customers stop: far more of the early customers are gone by the end (measured
+    # at seed 7: 0.20 without, 0.37 with the defaults).
+    without, with_life = _lapsed_share(plain, START, end), _lapsed_share(living, START, end)
+    assert without < 0.25 and with_life > without + 0.1, (without, with_life)
+    # Everything but who orders when is the same shop: catalogue and customer base are untouched.
+    assert _checksums(plain)["products"] == _checksums(living)["products"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"mean_lifetime_days": 0}, "customer lifecycle mean_lifetime_days=0: must be a number from 1 to 36500"),
+    ({"seasonal_share": 1.5}, "customer lifecycle seasonal_share=1.5: must be a number from 0 to 1"),
+    ({"period_days": (40, 20)}, "customer lifecycle period_days=(40, 20): must be two whole numbers"),
+])
+def test_customer_lifecycle_rejects_bad_values(kwargs: dict, message: str) -> None:
+    from ecom_ml.generator.lifecycle import CustomerLifecycle
+
+    with pytest.raises(GeneratorError, match=re.escape(message)):
+        CustomerLifecycle(**kwargs)
 
 
 def test_refunded_orders_have_partial_and_full_line_refunds(orders_db: str, another_orders_db: Callable[[], str]) -> None:

@@ -199,6 +199,10 @@ def test_bad_inputs_are_one_line():
         PropensityTrainParams.from_overrides({"pooling": "mean"})
     with pytest.raises(PropensityModelError, match=r"^--epochs 0: must be a whole number"):
         PropensityTrainParams(epochs=0)
+    with pytest.raises(PropensityModelError, match=r"^--dropout 1.0: must be from 0 to below 1"):
+        PropensityTrainParams(dropout=1.0)
+    with pytest.raises(PropensityModelError, match=r"^--members 0: must be a whole number from 1 to 16"):
+        PropensityTrainParams(members=0)
 
 
 class _Constant:

@@ -11,6 +11,7 @@ from datetime import date, datetime, timedelta
 
 from ecom_ml.errors import EcomError
 from ecom_ml.generator.catalogue import CATEGORIES
+from ecom_ml.generator.lifecycle import CustomerLifecycle
 
 #: Bumped whenever a change to the simulation would make an existing database's days differ from a
 #: re-derivation; a database written by another format is refused instead of silently continued.
@@ -112,6 +113,9 @@ class GeneratorConfig:
 
     ``customers`` and ``products`` are the initial customer base and catalogue; ``None`` means the
     value the database was first generated with, or a default that scales with ``orders_per_day``.
+    ``lifecycle``: customers lapse, fade and have seasons (``ecom_ml.generator.lifecycle``); off
+    (None) by default, so every database and test generated before it keeps its data; a database's
+    setting is fixed by its first run.
     """
 
     start: date
@@ -123,6 +127,7 @@ class GeneratorConfig:
     injections: Injections = field(default_factory=Injections)
     #: Generate into days that hold orders the generator did not write (imported ones); they are kept.
     alongside_imported: bool = False
+    lifecycle: CustomerLifecycle | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.start, date) or isinstance(self.start, datetime):
@@ -139,6 +144,8 @@ class GeneratorConfig:
                          why=f" (at least one per category: {len(CATEGORIES)})")
         if not isinstance(self.injections, Injections):
             raise GeneratorError(f"injections must come from parse_injections, not {type(self.injections).__name__}")
+        if self.lifecycle is not None and not isinstance(self.lifecycle, CustomerLifecycle):
+            raise GeneratorError(f"lifecycle must be a CustomerLifecycle or None, not {type(self.lifecycle).__name__}")
 
     @property
     def end(self) -> date:
@@ -159,6 +166,7 @@ class ShopParams:
 
     ``anchor`` is the first day ever generated: ids and the arrival of customers and products count
     from it, so every later run must share it (and the rest) to continue the same history.
+    ``lifecycle`` None: customers order at their rate for ever (databases from before it existed).
     """
 
     seed: int
@@ -166,3 +174,4 @@ class ShopParams:
     customers: int
     products: int
     anchor: date
+    lifecycle: CustomerLifecycle | None = None

@@ -14,6 +14,7 @@ from typing import Self
 
 import numpy as np
 
+from ecom_ml.generator.lifecycle import day_weights
 from ecom_ml.generator.streams import stream
 from ecom_ml.generator.timeline import US_PER_DAY, DayHeader, intraday_us
 from ecom_ml.generator.world import STAPLE_SLOTS, World, taste_categories
@@ -108,8 +109,7 @@ def plan_orders(world: World, header: DayHeader) -> DayOrders:
     population = world.population
     returning = header.orders - header.new_customers
     # Returning customers are drawn by activity among everyone signed up before today.
-    picks = rng.integers(0, population.activity_cum[header.customers_before - 1], returning)
-    returning_ids = np.searchsorted(population.activity_cum, picks, side="right") + 1
+    returning_ids = _returning(world, header, rng, returning)
     returning_at = header.start_us + intraday_us(rng, returning)
     # Each customer who signs up today places their first order a few minutes later.
     new_ids = np.arange(header.customers_before + 1, header.customers_before + header.new_customers + 1)
@@ -129,6 +129,25 @@ def plan_orders(world: World, header: DayHeader) -> DayOrders:
         events=events,
         terminal=terminal,
     )
+
+
+def _returning(world: World, header: DayHeader, rng: np.random.Generator, count: int) -> np.ndarray:
+    """Ids of the day's returning customers, by activity (times life and season with a customer lifecycle).
+
+    With a lifecycle but nobody left alive (a degenerate setting), activity alone decides: the day's
+    volume is fixed by the timeline.
+    """
+    population = world.population
+    cum = population.activity_cum[: header.customers_before]
+    lifecycle = world.params.lifecycle
+    if population.lives is not None and lifecycle is not None:
+        weights = day_weights(population.lives, header.customers_before, header.start_us + US_PER_DAY // 2,
+                              header.day.timetuple().tm_yday, lifecycle)
+        alive = np.cumsum(weights)
+        if alive[-1] > 0:
+            cum = alive
+    picks = rng.integers(0, cum[-1], count)
+    return np.searchsorted(cum, picks, side="right") + 1
 
 
 def _lifecycle(rng: np.random.Generator, created: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -32,6 +32,7 @@ from ecom_ml.generator import pgcopy
 from ecom_ml.generator.catalogue import CATEGORIES, COUNTRIES, CURRENCY
 from ecom_ml.generator.config import FORMAT_VERSION, GeneratorError, ShopParams
 from ecom_ml.generator.days import NO_CUSTOMER, STATUSES, DayLines, DayOrders, DayRefunds
+from ecom_ml.generator.lifecycle import CustomerLifecycle
 from ecom_ml.generator.world import World
 
 SHOP_TABLES = ("customers", "products", "orders", "order_items", "refund_lines")
@@ -68,6 +69,8 @@ CREATE TABLE IF NOT EXISTS {META_SCHEMA}.runs (
     injections      text    NOT NULL,
     summary         jsonb   NOT NULL
 );
+-- NULL: customers without a lifecycle (databases generated before it existed, and the default).
+ALTER TABLE {META_SCHEMA}.state ADD COLUMN IF NOT EXISTS lifecycle jsonb;
 """
 
 
@@ -106,13 +109,14 @@ class OrdersDb:
             self._cur.execute(f"INSERT INTO {META_SCHEMA}.generated_orders (order_id) "
                               "SELECT order_id FROM orders WHERE external_ref = 'G' || order_id::text")
         self._cur.execute(
-            f"SELECT format_version, seed, orders_per_day, customers, products, anchor, generated_end "
+            f"SELECT format_version, seed, orders_per_day, customers, products, anchor, generated_end, lifecycle "
             f"FROM {META_SCHEMA}.state"
         )
         row = self._cur.fetchone()
         if row is None:
             return None
-        return StoredState(row[0], ShopParams(row[1], row[2], row[3], row[4], row[5]), row[6])
+        lifecycle = CustomerLifecycle.from_dict(row[7]) if row[7] is not None else None
+        return StoredState(row[0], ShopParams(row[1], row[2], row[3], row[4], row[5], lifecycle), row[6])
 
     def require_empty_shop(self) -> None:
         """A first run writes into empty tables only: mixing generated ids with a real shop's rows would collide."""
@@ -128,11 +132,12 @@ class OrdersDb:
     def save_state(self, params: ShopParams, generated_end: date) -> None:
         self._cur.execute(
             f"""INSERT INTO {META_SCHEMA}.state
-                    (format_version, seed, orders_per_day, customers, products, anchor, generated_end)
-                VALUES (%s, %s, %s, %s, %s, %s, %s)
+                    (format_version, seed, orders_per_day, customers, products, anchor, generated_end, lifecycle)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
                 ON CONFLICT (singleton) DO UPDATE SET generated_end = EXCLUDED.generated_end, updated_at = now()""",
             (FORMAT_VERSION, params.seed, params.orders_per_day, params.customers, params.products,
-             params.anchor, generated_end),
+             params.anchor, generated_end,
+             json.dumps(params.lifecycle.to_dict()) if params.lifecycle is not None else None),
         )
 
     def log_run(self, first_day: date, end_day: date, injections: str, summary: dict[str, object]) -> None:

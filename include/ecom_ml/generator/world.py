@@ -25,6 +25,7 @@ import numpy as np
 
 from ecom_ml.generator.catalogue import ADJECTIVES, CATEGORIES, COUNTRIES, MOTIFS
 from ecom_ml.generator.config import ShopParams
+from ecom_ml.generator.lifecycle import Lives, draw_lives
 from ecom_ml.generator.streams import stream
 from ecom_ml.generator.timeline import US_PER_DAY, DayHeader, Timeline, day_start_us, intraday_us
 
@@ -161,6 +162,7 @@ class Population:
     taste_cum: np.ndarray     # (n, FAVOURITES + 1) cumulative taste over (favourites..., anything)
     activity_cum: np.ndarray  # int64 cumulative activity weight by id, for drawing who orders
     staples: np.ndarray       # (n, len(STAPLE_SLOTS)) product ids
+    lives: Lives | None = None  # lifetimes, fades and seasons when the shop has a customer lifecycle
 
     def __len__(self) -> int:
         return len(self.country)
@@ -193,14 +195,21 @@ def build_population(params: ShopParams, timeline: Timeline, sampler: ProductSam
     rng = stream(params.seed, "customers", 0)
     created = np.sort(rng.integers(anchor_us - CUSTOMER_HISTORY_DAYS * US_PER_DAY, anchor_us, params.customers))
     blocks = [_customer_block(rng, params.customers, created, params.products, sampler)]
+    keys = [0]
     for header in timeline.headers(params.anchor, timeline.end):
         if header.new_customers:
             rng = stream(params.seed, "customers", header.day.toordinal())
             created = np.sort(header.start_us + intraday_us(rng, header.new_customers))
             blocks.append(_customer_block(rng, header.new_customers, created, header.products_before, sampler))
+            keys.append(header.day.toordinal())
     arrays = {key: np.concatenate([b[key] for b in blocks]) for key in blocks[0]}
-    arrays["activity_cum"] = np.cumsum(arrays.pop("activity"))
-    return Population(**arrays)
+    activity = arrays.pop("activity")
+    arrays["activity_cum"] = np.cumsum(activity)
+    lives = None
+    if params.lifecycle is not None:  # its own stream per block: the draws above are unchanged
+        drawn = [draw_lives(params.seed, key, b["created_us"], params.lifecycle) for key, b in zip(keys, blocks)]
+        lives = Lives(**{key: np.concatenate([d[key] for d in drawn]) for key in drawn[0]}, activity=activity)
+    return Population(**arrays, lives=lives)
 
 
 @dataclass(frozen=True)

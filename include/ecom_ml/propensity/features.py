@@ -53,6 +53,7 @@ from ecom_ml.ingest.refunds import REFUND_TYPE, line_states
 from ecom_ml.lake import FEATURES, Lake, Manifest
 
 DATASET = "propensity"
+#: Of the stored partition (the lines); the examples' features may grow without it.
 FEATURE_VERSION = 2  # 2: lines split into kept and refunded pieces (line-level refunds)
 #: Days between two training cutoffs (one week: each customer appears at most once a week).
 CUTOFF_STEP_DAYS = 7
@@ -62,9 +63,13 @@ MIN_HISTORY_DAYS = 56
 NEW_CUSTOMER_DAYS = 30
 #: The per-week sequence's channels, in order.
 CHANNELS = ("orders", "units", "spend", "products", "refunds")
-#: The static (RFM and tenure) features, in order; see :func:`examples_at`.
+#: The static (RFM and tenure) features, in order; see :func:`examples_at`. New ones are appended
+#: (a model records the names it was trained on and reads those columns, so an older champion is
+#: still re-scored on the holdout).
 STATIC = ("log_recency_days", "log_tenure_days", "log_orders", "log_orders_90d", "log_orders_30d",
-          "log_spend", "log_avg_order_value", "refund_share", "has_purchase", "log_days_since_any_order")
+          "log_spend", "log_avg_order_value", "refund_share", "has_purchase", "log_days_since_any_order",
+          *("log_mean_gap_days", "log_overdue", "gap_cv", "log_active_weeks", "log_active_months", "trend_90d",
+            "log_lines_per_order", "log_units_per_order"))
 
 _TS = pa.timestamp("us", tz="UTC")
 _DAY_US = 86_400 * 1_000_000
@@ -256,18 +261,13 @@ class Facts:
     removed: np.ndarray
     units: np.ndarray
     spend: np.ndarray
-    #: True on one line of each order: the lines of an order share customer and times, so counting
-    #: these under a mask counts distinct orders without a sort.
-    first_line: np.ndarray
 
     @classmethod
     def from_tables(cls, tables: Mapping[str, pa.Table]) -> Facts:
         lines = tables["lines"]
         removed = lines.column("removed_at").cast(_TS).cast(pa.int64()).fill_null(_NEVER)
         # Orders and products as dense codes (0 .. distinct-1): distinct counts pack (group, code) in one int64.
-        order_codes, order, = np.unique(lines.column("order_id").to_numpy(), return_index=True, return_inverse=True)[1:]
-        first_line = np.zeros(lines.num_rows, dtype=bool)
-        first_line[order_codes] = True
+        order = np.unique(lines.column("order_id").to_numpy(), return_inverse=True)[1]
         product = np.unique(lines.column("product_id").to_numpy(), return_inverse=True)[1]
         return cls(
             customer=lines.column("customer_id").to_numpy().astype(np.int64),
@@ -277,7 +277,6 @@ class Facts:
             removed=removed.to_numpy(),
             units=lines.column("units").to_numpy().astype(np.float64),
             spend=lines.column("spend").to_numpy().astype(np.float64),
-            first_line=first_line,
         )
 
 
@@ -396,9 +395,11 @@ def examples_at(facts: Facts, cutoff: datetime, label_days: int, weeks: int,
     with np.errstate(invalid="ignore", divide="ignore"):
         aov = np.where(orders > 0, spend / np.maximum(orders, 1), 0.0)
         refund_share = np.where(orders + refunds > 0, refunds / np.maximum(orders + refunds, 1), 0.0)
+    rhythm = _rhythm(facts, index, kept, c, n, recency, orders)
     static = np.stack([np.log1p(recency), np.log1p(tenure), np.log1p(orders), np.log1p(orders90),
                        np.log1p(orders30), np.log1p(spend), np.log1p(aov), refund_share,
-                       has_purchase.astype(np.float64), np.log1p(since_any)], axis=1) if n else np.zeros((0, len(STATIC)))
+                       has_purchase.astype(np.float64), np.log1p(since_any), *rhythm],
+                      axis=1) if n else np.zeros((0, len(STATIC)))
 
     # -- label -------------------------------------------------------------------------------------
     known = _NEVER if known_at is None else micros(known_at)
@@ -413,6 +414,49 @@ def examples_at(facts: Facts, cutoff: datetime, label_days: int, weeks: int,
         label=label, new=(tenure <= NEW_CUSTOMER_DAYS) if n else np.zeros(0, dtype=bool), spend=spend,
         recency_days=recency, label_purchases=int(in_label.sum()),
     )
+
+
+def _rhythm(facts: Facts, index: np.ndarray, kept: np.ndarray, c: int, n: int, recency: np.ndarray,
+            orders: np.ndarray) -> list[np.ndarray]:
+    """What a CRM analyst reads beyond RFM, as of the cutoff (purchases kept at it only):
+
+    * the customer's own rhythm: mean gap between distinct purchase days, and how **overdue** they
+      are (days since the last purchase / that mean gap: 3 means three usual gaps without a
+      purchase, the sign that a customer has lapsed), and the gaps' coefficient of variation
+      (regular re-stockers vs occasional buyers); 0 with fewer than two purchase days;
+    * how spread out the buying is: distinct weeks and months (30-day blocks back from the cutoff)
+      with a purchase;
+    * trend: ``log1p(orders in the last 90 days) - log1p(orders in the 90 before)``;
+    * basket: lines and units per order (a wholesaler buys many lines in bulk).
+    """
+    # Every kept piece, not one line per order: an order's first line may be a piece refunded already.
+    cust = index[kept]
+    order = facts.order[kept]
+    day_no = (c - 1 - facts.created[kept]) // _DAY_US  # 0: the day before the cutoff
+    span = int(day_no.max()) + 2 if len(day_no) else 1
+    pairs = np.unique(cust * span + day_no)  # distinct (customer, purchase day), by customer then newest first
+    pc, pd = pairs // span, pairs % span
+    same = pc[1:] == pc[:-1]
+    gap = (pd[1:] - pd[:-1])[same].astype(np.float64)
+    gc = pc[1:][same]
+    n_gaps = np.bincount(gc, minlength=n).astype(np.float64)
+    gap_sum = np.bincount(gc, weights=gap, minlength=n)
+    gap_sq = np.bincount(gc, weights=gap * gap, minlength=n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_gap = np.where(n_gaps > 0, gap_sum / np.maximum(n_gaps, 1), 0.0)
+        var = np.where(n_gaps > 0, gap_sq / np.maximum(n_gaps, 1) - mean_gap ** 2, 0.0)
+        cv = np.where(mean_gap > 0, np.sqrt(np.clip(var, 0, None)) / np.maximum(mean_gap, 1e-9), 0.0)
+        overdue = np.where(mean_gap > 0, recency / np.maximum(mean_gap, 1.0), 0.0)
+    weeks = _unique_count(cust, day_no // 7, n)
+    months = _unique_count(cust, day_no // 30, n)
+    last90 = _unique_count(cust[day_no < 90], order[day_no < 90], n)
+    early = (day_no >= 90) & (day_no < 180)
+    before90 = _unique_count(cust[early], order[early], n)
+    lines = np.bincount(index[kept], minlength=n).astype(np.float64)
+    units = np.bincount(index[kept], weights=facts.units[kept], minlength=n)
+    per = np.maximum(orders, 1)
+    return [np.log1p(mean_gap), np.log1p(np.minimum(overdue, 50.0)), np.minimum(cv, 5.0), np.log1p(weeks),
+            np.log1p(months), np.log1p(last90) - np.log1p(before90), np.log1p(lines / per), np.log1p(units / per)]
 
 
 def holdout_examples(facts: Facts, params: PropensityParams, weeks: int | None = None) -> Examples:
