@@ -19,9 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from ecom_ml.generator import GeneratorConfig, generate, parse_injections
 from ecom_ml.generator.lifecycle import CustomerLifecycle
-from ecom_ml.ingest.tasks import IngestConfig, check_quality, extract_to_raw, publish
 from ecom_ml.lake import Lake
 
 START = date(2024, 1, 1)
@@ -32,35 +30,10 @@ SETTINGS = {"AIRFLOW_VAR_ECOM_PROPENSITY_WINDOW_DAYS": str(DAYS), "AIRFLOW_VAR_E
 
 
 @pytest.fixture(scope="module")
-def pipeline(pg_server, scratch_dbs, tmp_path_factory):
-    """A validated lake of 98 generated days and a registry of its own; env for the DAG."""
-    from ecom_ml.db.migrate import migrate
-
-    names = scratch_dbs("orders", "mlflow")
-    orders_url = pg_server.local_url(names["orders"])
-    migrate(orders_url)
-    generate(orders_url, GeneratorConfig(start=START, days=DAYS, orders_per_day=120, seed=16, customers=None,
-                                         products=None, injections=parse_injections(""),
-                                         lifecycle=CustomerLifecycle()), progress=False)
-    root = tmp_path_factory.mktemp("propensity")
-    lake_root = (root / "lake").as_uri()
-    Lake(lake_root).init()
-    cfg = IngestConfig(lake_root=lake_root, orders_url=orders_url)
-    for offset in range(DAYS):
-        day = START + timedelta(days=offset)
-        begin = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
-        extract_to_raw(cfg, begin, begin + timedelta(days=1))
-        publish(cfg, check_quality(cfg, begin, begin + timedelta(days=1)))
-    return {
-        "ECOM_LAKE_ROOT": lake_root,
-        "AIRFLOW_CONN_ORDERS_DB": orders_url,
-        "MLFLOW_TRACKING_URI": pg_server.local_url(names["mlflow"], "postgresql+psycopg2"),
-        "ECOM_MLFLOW_ARTIFACTS": (root / "mlflow-artifacts").as_uri(),
-        "ECOM_MODEL_CACHE": str(root / "model-cache"),
-        "ECOM_TASK_RETRIES": "0",
-        "ECOM_TRAINING_MODE": "local",
-        **SETTINGS,
-    }
+def pipeline(training_pipeline):
+    """A validated lake of 98 generated days (customer lifecycle on) and a registry of its own; env for the DAG."""
+    return {**training_pipeline(START, DAYS, orders_per_day=120, seed=16, lifecycle=CustomerLifecycle()),
+            **SETTINGS}
 
 
 def _dag(monkeypatch, env: dict[str, str]):
