@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +21,48 @@ import pytest
 from ecom_ml import settings as settings_mod
 
 os.environ.update(settings_mod.airflow_environment(settings_mod.load()))
+
+
+def _worker_metadata_db() -> None:
+    """Under xdist (``make test``), each worker gets an Airflow metadata DB of its own.
+
+    ``dag.test()`` writes its runs to the metadata DB, keyed by DAG and logical date: two workers
+    testing ``orders_ingest`` for the same day at once would collide on that key. The copy is made
+    from the migrated ``airflow`` DB (``CREATE DATABASE … TEMPLATE``, a file copy, well under a second);
+    where that DB is in use (a ``make airflow`` stack of the same checkout), it is migrated instead.
+    Set here, at import, because Airflow reads its configuration when first imported.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return
+    import psycopg2
+
+    from ecom_ml.db import server
+    from ecom_ml.settings import AIRFLOW_DB
+
+    settings = settings_mod.load()
+    server.start(settings)
+    name = f"{AIRFLOW_DB}_test_{worker}"
+    admin = psycopg2.connect(settings.local_url("postgres"))
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            try:
+                cur.execute(f'CREATE DATABASE "{name}" TEMPLATE "{AIRFLOW_DB}"')
+                migrated = True
+            except psycopg2.errors.ObjectInUse:
+                cur.execute(f'CREATE DATABASE "{name}"')
+                migrated = False
+    finally:
+        admin.close()
+    os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = settings.local_url(name, "postgresql+psycopg2")
+    if not migrated:
+        subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"], check=True,
+                       capture_output=True)
+
+
+_worker_metadata_db()
 # dag.test() of a DAG with deadline alerts fails in Airflow 3.3.2 once the run succeeds (see
 # ecom_ml.deadlines); the tests of the deadlines themselves run the real scheduler with them on.
 os.environ["ECOM_DEADLINE_ALERTS"] = "off"

@@ -351,6 +351,11 @@ def stop(settings: Settings) -> Status:
     with file_lock(settings.home / "pg.lock"):
         current = status(settings)
         if current.running:
+            if _run_as()[0] is not None:
+                # Run as root, pg_ctl runs as the service user, who must still reach the data directory:
+                # a folder above it may have been closed since the start (a new pytest session resets
+                # /tmp/pytest-of-<user> to 0700, for one).
+                _ensure_traversable(settings.pgdata.parent)
             done = _pg("pg_ctl", ["-D", str(settings.pgdata), "-m", "fast", "-w", "-t", "60", "stop"], timeout=90)
             if done.returncode != 0 and status(settings).running:
                 raise ServerError(f"PostgreSQL (pid {current.pid}) did not stop: {done.stderr.strip()}")
