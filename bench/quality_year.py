@@ -47,6 +47,7 @@ def _parse_date(text: str) -> date:
 def backfill(url: str, lake_root: str, first: date, last: date, quality_config: str | None) -> list[dict]:
     cfg = IngestConfig(lake_root=lake_root, orders_url=url, quality_config=quality_config)
     lake = Lake(lake_root)
+    lake.init()  # a new lake is created on purpose (`ecom-ml lake init`), never by a write
     out = []
     day = first
     while day <= last:
@@ -69,6 +70,7 @@ def backfill(url: str, lake_root: str, first: date, last: date, quality_config: 
 
 def dag_backfill_alerts(url: str, lake_root: str, first: date, days: int) -> dict:
     """Run ``days`` days through the orders_ingest DAG with local alert receivers; count the messages."""
+    Lake(lake_root).init()
     import os
     import socket
     import threading
