@@ -227,6 +227,20 @@ def _table(results: list[EvalResult]) -> None:
               f"{s['head_items']['recall@10']:10.3f}{s['tail_items']['recall@10']:10.3f}")
 
 
+
+def real_tables(*, keep: bool) -> dict[str, pa.Table]:
+    """The shared file imported into the throwaway ``DB`` and extracted as the pipeline does (the
+    database dropped afterwards unless ``keep``); also used by ``bench/refunds_retail.py``."""
+    if not RETAIL.exists():
+        raise SystemExit(f"the shared Online Retail II file is missing at {RETAIL}")
+    cfg = settings_mod.load()
+    start(cfg)
+    try:
+        return load_tables(cfg)
+    finally:
+        if not keep:
+            _admin(cfg, f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--all-orders", action="store_true", help="also evaluate with cancelled/refunded orders kept")
@@ -235,15 +249,7 @@ def main() -> None:
     parser.add_argument("--retrieval", action="store_true", help="also train the recommender with the two-tower stage")
     parser.add_argument("--keep", action="store_true", help=f"keep the {DB} database afterwards")
     args = parser.parse_args()
-    if not RETAIL.exists():
-        raise SystemExit(f"the shared Online Retail II file is missing at {RETAIL}")
-    cfg = settings_mod.load()
-    start(cfg)
-    try:
-        tables = load_tables(cfg)
-    finally:
-        if not args.keep:
-            _admin(cfg, f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
+    tables = real_tables(keep=args.keep)
     refund_report(tables)
     run(tables, "project interactions (lines refunded in full and cancelled orders left out)", with_model=args.model,
         with_ranker=args.ranker, with_retrieval=args.retrieval)

@@ -17,26 +17,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from baselines_retail import DB, RETAIL, _admin, load_tables, refund_report  # noqa: E402
-
-from ecom_ml import settings as settings_mod  # noqa: E402
-from ecom_ml.db.server import start  # noqa: E402
+from baselines_retail import DB, real_tables, refund_report  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help=f"keep the {DB} database afterwards")
     args = parser.parse_args()
-    if not RETAIL.exists():
-        raise SystemExit(f"the shared Online Retail II file is missing at {RETAIL}")
-    cfg = settings_mod.load()
-    start(cfg)
-    try:
-        tables = load_tables(cfg)
-    finally:
-        if not args.keep:
-            _admin(cfg, f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
-    refund_report(tables)
+    refund_report(real_tables(keep=args.keep))
 
 
 if __name__ == "__main__":

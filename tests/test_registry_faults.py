@@ -221,9 +221,10 @@ def test_a_hung_server_fails_the_step_within_the_configured_timeout(server: Serv
     assert registry.verify_champion(MODEL).verified
 
 
-def test_an_alias_moved_by_one_rest_call_is_flagged_and_refused(server: Server, tmp_path: Path,
-                                                                capsys: pytest.CaptureFixture[str]):
-    """The bypass of the issue: a version that failed its gate made champion over plain REST."""
+
+def bypass_the_gate(server: Server, tmp_path: Path) -> tuple[dict, int]:
+    """A promoted champion, then a candidate that fails its gate made champion by one plain REST call
+    to the MLflow server (what anyone who reaches it can do); returns (the good night, the bad version)."""
     good = _train_night(tmp_path, "scheduled__2024-01-14")
     trained, evaluation = _night(tmp_path, "scheduled__2024-01-15", ndcg=0.10)
     with pytest.raises(steps.GateFailed):
@@ -235,6 +236,13 @@ def test_an_alias_moved_by_one_rest_call_is_flagged_and_refused(server: Server, 
         headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as resp:
         assert resp.status == 200
+    return good, bad
+
+
+def test_an_alias_moved_by_one_rest_call_is_flagged_and_refused(server: Server, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]):
+    """The bypass of the issue: a version that failed its gate made champion over plain REST."""
+    good, bad = bypass_the_gate(server, tmp_path)
     assert registry.get_registry().champion_version(MODEL) == bad
 
     check = registry.verify_champion(MODEL)

@@ -10,15 +10,13 @@ the ``evaluate`` step (``steps.reference_champion``) is checked against the same
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from test_registry_faults import DAY, MODEL, Server, _night, _train_night, server  # noqa: F401 - fixture
+from test_registry_faults import MODEL, Server, _train_night, bypass_the_gate, server  # noqa: F401 - fixture
 
 from ecom_ml import cli, registry
 from ecom_ml.training import steps
@@ -91,17 +89,7 @@ def test_no_champion_then_a_verified_champion_is_served_by_its_version(
 def test_an_alias_moved_by_one_rest_call_is_not_served_nor_the_regression_reference(
         server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
     _capture_exec(monkeypatch)
-    good = _train_night(tmp_path, "scheduled__2024-01-14")
-    trained, evaluation = _night(tmp_path, "scheduled__2024-01-15", ndcg=0.10)
-    with pytest.raises(steps.GateFailed):
-        steps.gate_and_register(MODEL, DAY, "scheduled__2024-01-15", trained, evaluation)
-    bad = good["version"] + 1
-    request = urllib.request.Request(
-        f"{server.url}/api/2.0/mlflow/registered-models/alias", method="POST",
-        data=json.dumps({"name": MODEL, "alias": "champion", "version": str(bad)}).encode(),
-        headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as resp:
-        assert resp.status == 200
+    good, bad = bypass_the_gate(server, tmp_path)
 
     summary = registry.get_registry().gate_record(MODEL, bad).summary
     problems = (f"{MODEL} v{bad} failed its gate: {summary}; the alias move to v{bad} is not in the history "
