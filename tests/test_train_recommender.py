@@ -14,14 +14,14 @@ import pytest
 
 
 START = date(2024, 1, 1)
-DAYS = 42
+DAYS = 35
 LAST = START + timedelta(days=DAYS - 1)
 
 
 @pytest.fixture(scope="module")
 def pipeline(training_pipeline):
-    """A validated lake of 42 generated days and a registry of its own; env for the DAG."""
-    return training_pipeline(START, DAYS, orders_per_day=400, seed=21)
+    """A validated lake of 35 generated days (the demo shop: 1,500 orders a day, seed 7) and a registry of its own; env for the DAG."""
+    return training_pipeline(START, DAYS, orders_per_day=1500, seed=7)
 
 
 #: The training Variables at their defaults, as environment Variables (which win over the metadata
@@ -185,9 +185,11 @@ def test_a_champion_that_saw_todays_holdout_is_not_the_regression_reference(pipe
     champion = registry.champion("recommender")
     from ecom_ml.models import training_cutoff
 
-    # A day whose 7-day holdout starts before the champion's training cutoff.
-    older = training_cutoff(champion.path).date() + timedelta(days=2)
-    assert START + timedelta(days=8) <= older <= LAST
+    # A day whose 7-day holdout starts before the champion's training cutoff, with a week of
+    # history before that holdout.
+    cutoff = training_cutoff(champion.path).date()
+    older = max(cutoff + timedelta(days=2), START + timedelta(days=8))
+    assert older - timedelta(days=6) < cutoff and older <= LAST, (cutoff, older)
     run = dag.test(run_conf={"day": older.isoformat()})
     evaluation = _xcom(run, "evaluate")
     assert "champion" not in evaluation
