@@ -10,13 +10,12 @@ the LocalExecutor it also loads the champion with ``mlflow.pyfunc`` and ``ecom-m
 models serve`` on the verified version) in fresh processes and checks their answers against the
 published rows.
 
-Two ways the deployable stack runs it:
+Three ways the deployable stack runs it (each an xdist group of its own, so they run side by side):
 
 * ``local``: LocalExecutor, the lake on local disk (``make airflow``);
-* ``celery-s3``: a real Celery worker and a Redis broker, with the lake root *and* MLflow's artifact
-  store on ``s3://`` against a local S3 API server (moto's server mode) — the production path of
-  the deployable stack, executor and storage at once. (A third night, Celery with the lake on local
-  disk, showed nothing these two do not: it was dropped to keep CI under 30 minutes.)
+* ``celery``: a real Celery worker and a Redis broker, the lake on local disk;
+* ``celery-s3``: the Celery worker with the lake root *and* MLflow's artifact store on ``s3://``,
+  against a local S3 API server (moto's server mode) — the production storage path.
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ DAYS = 8
 ORDERS_PER_DAY = 1500
 
 
-@pytest.mark.parametrize("flavour", ["local", "celery-s3"])
+@pytest.mark.parametrize("flavour", ["local", "celery", "celery-s3"])
 def test_a_night_trains_and_promotes_through_the_scheduler(flavour, request, pg_server, scratch_dbs, tmp_path,
                                                            monkeypatch):
     from ecom_ml import registry
