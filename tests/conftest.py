@@ -37,25 +37,20 @@ def _worker_metadata_db() -> None:
         return
     import psycopg2
 
-    from ecom_ml.db import server
+    from ecom_ml.db import admin_connection, server
     from ecom_ml.settings import AIRFLOW_DB
 
     settings = settings_mod.load()
     server.start(settings)
     name = f"{AIRFLOW_DB}_test_{worker}"
-    admin = psycopg2.connect(settings.local_url("postgres"))
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            try:
-                cur.execute(f'CREATE DATABASE "{name}" TEMPLATE "{AIRFLOW_DB}"')
-                migrated = True
-            except psycopg2.errors.ObjectInUse:
-                cur.execute(f'CREATE DATABASE "{name}"')
-                migrated = False
-    finally:
-        admin.close()
+    with admin_connection(settings) as admin, admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        try:
+            cur.execute(f'CREATE DATABASE "{name}" TEMPLATE "{AIRFLOW_DB}"')
+            migrated = True
+        except psycopg2.errors.ObjectInUse:
+            cur.execute(f'CREATE DATABASE "{name}"')
+            migrated = False
     os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = settings.local_url(name, "postgresql+psycopg2")
     if not migrated:
         subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"], check=True,

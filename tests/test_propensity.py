@@ -96,11 +96,15 @@ def test_features_are_as_of_the_cutoff_weekly_sequence_rfm_and_refunds():
     assert static["log_spend"] == pytest.approx(np.log1p(39)) and static["has_purchase"] == 1
     assert static["log_recency_days"] == pytest.approx(np.log1p(2 + 15 / 24), rel=1e-5)
     assert static["log_tenure_days"] == pytest.approx(np.log1p(55 + 15 / 24), rel=1e-5)
+    # Purchase days 2, 9 and 55 days back: gaps 7 and 46, mean 26.5; overdue = recency / mean gap.
+    assert static["log_mean_gap_days"] == pytest.approx(np.log1p(26.5))
+    assert static["log_overdue"] == pytest.approx(np.log1p((2 + 15 / 24) / 26.5), rel=1e-5)
     # Customer 20: both orders removed before H -> two refunds, no purchase; recency falls back to tenure.
     r20 = row(ex, 20)
     assert ex.sequence[r20, :, CHANNELS.index("refunds")].tolist() == [0, 1, 0, 1]
     assert ex.sequence[r20, :, CHANNELS.index("orders")].sum() == 0 and ex.spend[r20] == 0
     assert ex.static[r20, STATIC.index("has_purchase")] == 0 and ex.static[r20, STATIC.index("refund_share")] == 1
+    assert ex.static[r20, STATIC.index("log_mean_gap_days")] == 0  # no purchase day, no rhythm
     assert ex.recency_days[r20] == pytest.approx(19 + 15 / 24)
     # Customer 30's order was refunded only after H: at H it was a purchase.
     assert ex.sequence[row(ex, 30), 3, CHANNELS.index("orders")] == 1 and ex.spend[row(ex, 30)] == 8

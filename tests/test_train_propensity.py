@@ -8,7 +8,19 @@ is the one the factory builds for every kind, so the same task ids and param mus
 The generator's customer lifecycle is on (``CustomerLifecycle()``): propensity is about customers who
 lapse, fade and re-stock, which memoryless generated customers (ordering at their own rate for ever)
 cannot show; without it recency and frequency are all the signal and the RFM regression reads it all.
-Same 98 days x 120 orders a day as before, so the test is no slower.
+
+154 days (five months, a young shop's lake) x 240 orders a day, the default 26-week sequence, and
+why (each measured in process on the same generated data, seed 0 unless said):
+
+* 98 days x 120 (this test before): the newest training cutoff sees 38 days of history, the
+  holdout 68; the purchase rate falls from 0.76 to 0.67 between them as the lake fills with
+  customers lapsed longer than any training cutoff could show, and the gate rightly rejected the
+  model on calibration (ECE 0.086 > 0.05) although it ranked better than the RFM regression;
+* 154 days x 120: calibrated (ECE 0.024), but only 1,286 holdout customers and 5,686 training
+  examples, and the model's AUC lead over the RFM regression, 0.809 against 0.803, is within the
+  gate's 1% margin: rejected, rightly (not shown to rank better);
+* 154 days x 240: 2,583 holdout customers, 11,400 training examples: AUC 0.807 / 0.810 (seeds 0 / 1)
+  against 0.785, log-loss 0.521 / 0.519 against 0.547, ECE 0.029 / 0.033.
 """
 
 from __future__ import annotations
@@ -23,16 +35,15 @@ from ecom_ml.generator.lifecycle import CustomerLifecycle
 from ecom_ml.lake import Lake
 
 START = date(2024, 1, 1)
-DAYS = 98  # the 30-day holdout, the newest training cutoff's 30-day label window, 38 days before it
+DAYS = 154  # the 30-day holdout, the newest training cutoff's 30-day label window, 94 days before it
 LAST = START + timedelta(days=DAYS - 1)
-SETTINGS = {"AIRFLOW_VAR_ECOM_PROPENSITY_WINDOW_DAYS": str(DAYS), "AIRFLOW_VAR_ECOM_PROPENSITY_HOLDOUT_DAYS": "30",
-            "AIRFLOW_VAR_ECOM_PROPENSITY_HISTORY_LEN": "4"}
+SETTINGS = {"AIRFLOW_VAR_ECOM_PROPENSITY_WINDOW_DAYS": str(DAYS), "AIRFLOW_VAR_ECOM_PROPENSITY_HOLDOUT_DAYS": "30"}
 
 
 @pytest.fixture(scope="module")
 def pipeline(training_pipeline):
-    """A validated lake of 98 generated days (customer lifecycle on) and a registry of its own; env for the DAG."""
-    return {**training_pipeline(START, DAYS, orders_per_day=120, seed=16, lifecycle=CustomerLifecycle()),
+    """A validated lake of 154 generated days (customer lifecycle on) and a registry of its own; env for the DAG."""
+    return {**training_pipeline(START, DAYS, orders_per_day=240, seed=16, lifecycle=CustomerLifecycle()),
             **SETTINGS}
 
 
@@ -99,18 +110,9 @@ def test_propensity_model_is_evaluated_gated_and_promoted_and_the_view_shows_it(
     by_customer = dict(zip(published.column("customer_id").to_pylist(), probabilities))
     assert [by_customer[c] for c in served["customer_id"]] == pytest.approx(list(served["probability"]))
 
-    if not report["passed"]:
-        # The gate said why, the run failed visibly and nothing was promoted. Measured on these 98
-        # generated days with the lifecycle on: the model beats the baselines (AUC 0.748 against the
-        # RFM regression's 0.720 and recency's 0.737; log-loss 0.566 against 0.606) but is not
-        # calibrated on the holdout (ECE 0.086 > 0.05): the purchase rate falls from 0.75 at the
-        # calibrating cutoff to 0.67 at the holdout 30 days later (a 98-day window fills with lapsed
-        # customers), which a shift fitted 30 days earlier cannot follow. So the promotion half stays
-        # an expected failure until the model is calibrated there (see the README).
-        assert states["gate"] == "failed" and states["promote"] != "success", states
-        assert registry.champion("propensity", download=False) is None
-        assert report["summary"].startswith("gate FAILED for propensity")
-        pytest.xfail(f"the propensity gate rejected the first model on generated data: {report['summary']}")
+    # The gate's verdict in full, so a rejection says why: the model must beat the RFM regression on
+    # log-loss (bootstrap interval) and AUC, and be calibrated (ECE under the band's ceiling).
+    assert report["passed"], report["summary"]
     assert states["promote"] == "success", states
     champion = registry.champion("propensity", download=False)
     assert champion is not None and champion.version == _xcom(run, "gate")["version"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ecom_ml.settings import Settings
@@ -19,21 +19,31 @@ def redact_url(url: str) -> str:
 
 
 @contextlib.contextmanager
+def admin_connection(settings: Settings) -> Iterator[Any]:
+    """An autocommit connection to the server's ``postgres`` database (``CREATE``/``DROP DATABASE``
+    cannot run inside a transaction), closed afterwards."""
+    import psycopg2
+
+    admin = psycopg2.connect(settings.local_url("postgres"))
+    admin.autocommit = True
+    try:
+        yield admin
+    finally:
+        admin.close()
+
+
+@contextlib.contextmanager
 def scratch_database(settings: Settings, prefix: str = "scratch") -> Iterator[str]:
     """Name of a new, empty database on the settings' server, dropped (connections and all) afterwards.
 
     For tests and benchmarks that must not touch the shared ``orders``/``airflow``/``mlflow``
     databases or each other."""
-    import psycopg2
-
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(settings.local_url("postgres"))
-    admin.autocommit = True
-    try:
+    with admin_connection(settings) as admin:
         with admin.cursor() as cur:
             cur.execute(f'CREATE DATABASE "{name}"')
-        yield name
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+        try:
+            yield name
+        finally:
+            with admin.cursor() as cur:
+                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

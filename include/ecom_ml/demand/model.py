@@ -27,8 +27,6 @@ champion-overlap checks read.
 from __future__ import annotations
 
 import json
-import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import date, timedelta
@@ -38,7 +36,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ecom_ml.errors import EcomError
-from ecom_ml.models import TrainRequest, as_uri, dir_size, fetch_dir, join, publish_dir
+from ecom_ml.models import TrainRequest, fetch_dir
+from ecom_ml.training.model_dir import resolve_features as resolve_partition
+from ecom_ml.training.model_dir import trainer_log, write_model_dir
 
 KIND = "demand"
 #: 2: inputs with sorted lags, half-year quantiles, order lines, the forecast weeks' price plan and
@@ -383,22 +383,13 @@ def training_examples(panel: Any, history_len: int, horizon: int, train_weeks: i
     return inputs, targets.astype(np.float32)
 
 
-def _log(message: str) -> None:
-    print(f"[train {KIND}] {message}", file=sys.stderr, flush=True)
+_log = trainer_log(KIND)
 
 
 def resolve_features(features: str, day: date | None) -> tuple[str, date]:
-    uri = as_uri(features)
-    marker = "/features/demand/dt="
-    if marker in uri:
-        root, _, rest = uri.partition(marker)
-        part_day = date.fromisoformat(rest.strip("/")[:10])
-        if day is not None and day != part_day:
-            raise DemandModelError(f"--features {features} is the partition of {part_day}, but --day says {day}")
-        return root, part_day
-    if day is None:
-        raise DemandModelError(f"--features {features} is a lake root: say which day's features with --day YYYY-MM-DD")
-    return uri, day
+    from ecom_ml.demand.features import DATASET
+
+    return resolve_partition(features, day, DATASET, DemandModelError)
 
 
 def fit(panel: Any, params: DemandTrainParams, train_weeks: int, seasonal: bool, categories: list[str],
@@ -529,33 +520,30 @@ def train(request: TrainRequest) -> dict[str, Any]:
 
     t = time.perf_counter()
     meta = {
-        "format": FORMAT_VERSION, "kind": KIND, "files": {"keras": KERAS_FILE, "vocab": VOCAB_FILE},
+        "format": FORMAT_VERSION, "kind": KIND,
         "cutoff": cutoff.isoformat(), "horizon_weeks": params.horizon_weeks, "history_len": params.history_len,
         "seasonal": seasonal, "priced": True, "calibration": calibration.to_dict(),
         "quantiles": list(QUANTILES), "n_products": len(product_ids), "n_categories": len(categories),
         "features": {"root": root, "day": day.isoformat()}, "params": params.to_dict(),
         "backend": keras.backend.backend(), "keras_version": keras.__version__,
     }
-    model_uri = join(as_uri(request.out), "model")
-    with tempfile.TemporaryDirectory(prefix="ecom-train-demand-") as tmp:
-        folder = Path(tmp) / "model"
-        folder.mkdir()
+
+    def write_files(folder: Path) -> dict[str, str]:
         network.save(folder / KERAS_FILE)
         (folder / VOCAB_FILE).write_text(json.dumps({"product_ids": product_ids, "categories": categories}))
-        (folder / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        size = dir_size(folder)
-        publish_dir(folder, model_uri)
+        return {"keras": KERAS_FILE, "vocab": VOCAB_FILE}
+
+    written = write_model_dir(request.out, write_files, meta, prefix="ecom-train-demand-")
     export_s = time.perf_counter() - t
     return {
-        "model_uri": model_uri,
-        "artifacts": {name: join(model_uri, file) for name, file in
-                      (("keras", KERAS_FILE), ("vocab", VOCAB_FILE), ("metadata", META_FILE))},
+        "model_uri": written.uri,
+        "artifacts": written.artifacts,
         "features": {"root": root, "day": day.isoformat(), "cutoff": cutoff.isoformat(),
                      "holdout_days": params.holdout_days},
         "metrics": {"final_loss": losses[-1], "first_loss": losses[0], "loss_per_epoch": losses,
                     "train_examples": int(examples), "products": len(product_ids),
                     "parameters": int(network.count_params()), "validation": validation},
-        "model_size_bytes": int(size),
+        "model_size_bytes": written.size_bytes,
         "seconds": {"read": round(read_s, 3), "validation": round(validation_s, 3), "prepare": round(prepare_s, 3),
                     "train": round(train_s, 3), "export": round(export_s, 3)},
         "backend": keras.backend.backend(),

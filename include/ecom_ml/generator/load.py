@@ -306,15 +306,18 @@ class OrdersDb:
         self._copy_payload("refund_lines", REFUND_COLUMNS, payload)
         self._copy(f"{META_SCHEMA}.generated_refunds", ("refund_line_id",), [pgcopy.int8(refund_ids)])
 
+    def _staging(self, table: str, columns: str) -> None:
+        """An empty temporary table of this transaction to COPY changes into before one set-based
+        statement applies them (created on first use, emptied on every later one)."""
+        self._cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} ({columns}) ON COMMIT DROP")
+        self._cur.execute(f"TRUNCATE {table}")
+
     def insert_late_refunds(self, refunds: DayRefunds) -> int:
         """Refunds of earlier days' orders that happened since the last run; one already there is kept."""
         if len(refunds) == 0:
             return 0
-        self._cur.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS generator_late_refunds "
-            "(refund_line_id bigint, order_item_id bigint, quantity integer, refunded_at timestamptz) ON COMMIT DROP"
-        )
-        self._cur.execute("TRUNCATE generator_late_refunds")
+        self._staging("generator_late_refunds",
+                      "refund_line_id bigint, order_item_id bigint, quantity integer, refunded_at timestamptz")
         self._copy_payload("generator_late_refunds", REFUND_COLUMNS, encode_refunds(refunds))
         self._cur.execute(
             """WITH added AS (
@@ -332,11 +335,7 @@ class OrdersDb:
         """Apply late status changes to existing orders; returns how many rows changed."""
         if len(order_ids) == 0:
             return 0
-        self._cur.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS generator_state_changes "
-            "(order_id bigint, status text, updated_at timestamptz) ON COMMIT DROP"
-        )
-        self._cur.execute("TRUNCATE generator_state_changes")
+        self._staging("generator_state_changes", "order_id bigint, status text, updated_at timestamptz")
         self._copy("generator_state_changes", ("order_id", "status", "updated_at"), [
             pgcopy.int8(order_ids), pgcopy.text_codes(status, STATUSES), pgcopy.timestamptz(updated_us),
         ])

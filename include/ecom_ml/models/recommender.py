@@ -76,9 +76,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
-import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from datetime import date, datetime, timedelta, timezone
@@ -88,7 +85,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ecom_ml.errors import EcomError
-from ecom_ml.models import TrainRequest, as_uri, dir_size, fetch_dir, join, publish_dir
+from ecom_ml.models import TrainRequest, fetch_dir
+from ecom_ml.training.model_dir import resolve_features as resolve_partition
+from ecom_ml.training.model_dir import trainer_log, write_model_dir
 
 KIND = "recommender"
 #: What the model kind ships (format 2): the two-stage ranker. Format 1 was the two-tower alone.
@@ -224,25 +223,11 @@ class TrainParams:
 
 # -- features ------------------------------------------------------------------------------------------
 
-_PARTITION = re.compile(r"^(?P<root>.*?)/features/(?P<dataset>[^/]+)/dt=(?P<day>\d{4}-\d{2}-\d{2})/?$")
-
-
 def resolve_features(features: str, day: date | None) -> tuple[str, date]:
     """``(lake root URI, day)`` from ``--features`` (a lake root, or a features partition) and ``--day``."""
-    uri = as_uri(features)
-    match = _PARTITION.match(uri)
-    if match:
-        part_day = date.fromisoformat(match["day"])
-        if day is not None and day != part_day:
-            raise RecommenderError(f"--features {features} is the partition of {part_day}, but --day says {day}")
-        from ecom_ml.features.recommender import DATASET
+    from ecom_ml.features.recommender import DATASET
 
-        if match["dataset"] != DATASET:
-            raise RecommenderError(f"--features {features} is a {match['dataset']!r} partition, not {DATASET!r}")
-        return match["root"], part_day
-    if day is None:
-        raise RecommenderError(f"--features {features} is a lake root: say which day's features with --day YYYY-MM-DD")
-    return uri, day
+    return resolve_partition(features, day, DATASET, RecommenderError)
 
 
 def read_training_features(root: str, day: date) -> dict[str, Any]:
@@ -623,7 +608,7 @@ def train(request: TrainRequest) -> dict[str, Any]:
     from ecom_ml.models.ranker import LearnedRanker, RankerError
 
     params = TrainParams.from_overrides(dict(request.params))
-    log = _stderr_log
+    log = trainer_log(KIND)
     started = time.perf_counter()
     root, day = resolve_features(request.features, request.day)
     features = read_training_features(root, day)
@@ -673,33 +658,26 @@ def train(request: TrainRequest) -> dict[str, Any]:
     import keras
 
     t = time.perf_counter()
-    model_uri = join(as_uri(request.out), "model")
-    with tempfile.TemporaryDirectory(prefix="ecom-train-") as tmp:
-        folder = Path(tmp) / "model"
-        files = ranker.save(folder)
-        meta = {
-            "format": FORMAT_VERSION,
-            "kind": KIND,
-            "model": MODEL_NAME,
-            "files": files,
-            "n_customers": int(len(ranker._ids)),
-            "n_products": int(len(ranker.index)),
-            "n_candidates": int(len(ranker._codes)),
-            "cutoff": cutoff.isoformat(),
-            "features": {"root": root, "day": day.isoformat()},
-            "params": params.to_dict(),
-            "retrieval": {k: v for k, v in retrieval.items() if k != "losses"},
-            "backend": keras.backend.backend(),
-            "keras_version": keras.__version__,
-        }
-        (folder / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        size = dir_size(folder)
-        publish_dir(folder, model_uri)
+    meta = {
+        "format": FORMAT_VERSION,
+        "kind": KIND,
+        "model": MODEL_NAME,
+        "n_customers": int(len(ranker._ids)),
+        "n_products": int(len(ranker.index)),
+        "n_candidates": int(len(ranker._codes)),
+        "cutoff": cutoff.isoformat(),
+        "features": {"root": root, "day": day.isoformat()},
+        "params": params.to_dict(),
+        "retrieval": {k: v for k, v in retrieval.items() if k != "losses"},
+        "backend": keras.backend.backend(),
+        "keras_version": keras.__version__,
+    }
+    written = write_model_dir(request.out, ranker.save, meta)
     export_s = time.perf_counter() - t
     losses = ranker.losses
     return {
-        "model_uri": model_uri,
-        "artifacts": {name: join(model_uri, file) for name, file in {**files, "metadata": META_FILE}.items()},
+        "model_uri": written.uri,
+        "artifacts": written.artifacts,
         "features": {
             "root": root,
             "day": day.isoformat(),
@@ -721,7 +699,7 @@ def train(request: TrainRequest) -> dict[str, Any]:
             **({"retrieval_final_loss": retrieval["losses"][-1], "retrieval_examples": retrieval["examples"]}
                if "losses" in retrieval else {}),
         },
-        "model_size_bytes": int(size),
+        "model_size_bytes": written.size_bytes,
         "seconds": {
             "read": round(read_s, 3),
             "train": round(train_s, 3),
@@ -731,10 +709,6 @@ def train(request: TrainRequest) -> dict[str, Any]:
         "backend": keras.backend.backend(),
         "params": params.to_dict(),
     }
-
-
-def _stderr_log(message: str) -> None:
-    print(f"[train {KIND}] {message}", file=sys.stderr, flush=True)
 
 
 # -- serving -------------------------------------------------------------------------------------------

@@ -27,8 +27,6 @@ checks read.
 from __future__ import annotations
 
 import json
-import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import date, timedelta
@@ -38,7 +36,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ecom_ml.errors import EcomError
-from ecom_ml.models import TrainRequest, as_uri, dir_size, fetch_dir, join, publish_dir
+from ecom_ml.models import TrainRequest, fetch_dir
+from ecom_ml.training.model_dir import resolve_features as resolve_partition
+from ecom_ml.training.model_dir import trainer_log, write_model_dir
 
 KIND = "propensity"
 FORMAT_VERSION = 1
@@ -230,22 +230,13 @@ def load_model(model_dir: str) -> PropensityModel:
 # -- training -----------------------------------------------------------------------------------------
 
 
-def _log(message: str) -> None:
-    print(f"[train {KIND}] {message}", file=sys.stderr, flush=True)
+_log = trainer_log(KIND)
 
 
 def resolve_features(features: str, day: date | None) -> tuple[str, date]:
-    uri = as_uri(features)
-    marker = "/features/propensity/dt="
-    if marker in uri:
-        root, _, rest = uri.partition(marker)
-        part_day = date.fromisoformat(rest.strip("/")[:10])
-        if day is not None and day != part_day:
-            raise PropensityModelError(f"--features {features} is the partition of {part_day}, but --day says {day}")
-        return root, part_day
-    if day is None:
-        raise PropensityModelError(f"--features {features} is a lake root: say which day's features with --day YYYY-MM-DD")
-    return uri, day
+    from ecom_ml.propensity.features import DATASET
+
+    return resolve_partition(features, day, DATASET, PropensityModelError)
 
 
 def fit(facts: Any, fparams: Any, params: PropensityTrainParams) -> tuple[PropensityModel, dict[str, Any]]:
@@ -345,7 +336,7 @@ def train(request: TrainRequest) -> dict[str, Any]:
     t = time.perf_counter()
     cutoff = report["cutoff"]
     meta = {
-        "format": FORMAT_VERSION, "kind": KIND, "files": {"keras": KERAS_FILE},
+        "format": FORMAT_VERSION, "kind": KIND,
         "cutoff": cutoff.isoformat(), "history_len": report["weeks"], "label_days": report["label_days"],
         "static_features": model.static_features,
         "calibration": report["calibration"], "calibration_cutoff": report["cutoffs"][0].isoformat(),
@@ -353,18 +344,16 @@ def train(request: TrainRequest) -> dict[str, Any]:
         "features": {"root": root, "day": day.isoformat()}, "params": params.to_dict(),
         "backend": keras.backend.backend(), "keras_version": keras.__version__,
     }
-    model_uri = join(as_uri(request.out), "model")
-    with tempfile.TemporaryDirectory(prefix="ecom-train-propensity-") as tmp:
-        folder = Path(tmp) / "model"
-        folder.mkdir()
+
+    def write_files(folder: Path) -> dict[str, str]:
         model.network.save(folder / KERAS_FILE)
-        (folder / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        size = dir_size(folder)
-        publish_dir(folder, model_uri)
+        return {"keras": KERAS_FILE}
+
+    written = write_model_dir(request.out, write_files, meta, prefix="ecom-train-propensity-")
     export_s = time.perf_counter() - t
     return {
-        "model_uri": model_uri,
-        "artifacts": {name: join(model_uri, file) for name, file in (("keras", KERAS_FILE), ("metadata", META_FILE))},
+        "model_uri": written.uri,
+        "artifacts": written.artifacts,
         "features": {"root": root, "day": day.isoformat(), "cutoff": cutoff.isoformat(),
                      "holdout_days": report["label_days"]},
         "metrics": {"final_loss": report["losses"][-1], "first_loss": report["losses"][0],
@@ -373,7 +362,7 @@ def train(request: TrainRequest) -> dict[str, Any]:
                     "train_base_rate": report["train_base_rate"], "validation_base_rate": report["validation_base_rate"],
                     "calibration_a": report["calibration"]["a"], "calibration_b": report["calibration"]["b"],
                     "parameters": int(model.network.count_params())},
-        "model_size_bytes": int(size),
+        "model_size_bytes": written.size_bytes,
         "seconds": {"read": round(read_s, 3), "prepare": round(report["prepare_s"], 3),
                     "train": round(report["train_s"], 3), "export": round(export_s, 3)},
         "backend": keras.backend.backend(),
