@@ -253,10 +253,9 @@ def write_features(lake: Lake, params: DemandParams, tables: Mapping[str, pa.Tab
 
 
 def stored_params(lake: Lake, day: date) -> DemandParams:
-    manifest = lake.manifest(FEATURES, DATASET, day)
-    if manifest is None or DATASET not in manifest.extra:
-        raise DemandFeatureError(f"no demand features for {day} under {lake.root}: run the features task first")
-    return DemandParams.from_dict(manifest.extra[DATASET])
+    from ecom_ml.features import stored_settings
+
+    return DemandParams.from_dict(stored_settings(lake, DATASET, day, DemandFeatureError))
 
 
 def read_features(lake: Lake, day: date) -> tuple[DemandParams, dict[str, pa.Table]]:

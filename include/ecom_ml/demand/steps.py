@@ -23,14 +23,11 @@ class DemandSteps:
 
     def build_features(self, lake: Lake, day: date, cfg: Any) -> dict[str, Any]:
         from ecom_ml.demand.features import DemandParams, build_features, write_features
-        from ecom_ml.ingest.current import current_orders, window
+        from ecom_ml.ingest.current import window_orders
 
         params = DemandParams(day=day, window_days=cfg.window_days, holdout_days=cfg.holdout_days,
                               history_len=cfg.history_len)
-        first, last = window(day, 7 * params.weeks)
-        tables = current_orders(lake, first, last)
-        if tables["orders"].num_rows == 0:
-            raise EcomError(f"no validated orders between {first} and {last} under {lake.root}: run orders_ingest first")
+        first, last, tables = window_orders(lake, day, 7 * params.weeks)
         features, counts = build_features(tables, params)
         manifest = write_features(lake, params, features, counts)
         doc = params.to_dict()

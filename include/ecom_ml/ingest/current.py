@@ -91,3 +91,15 @@ def current_orders(lake: Lake, first: date, last: date) -> dict[str, pa.Table]:
 def window(end: date, days: int) -> tuple[date, date]:
     """The ``days`` days ending with ``end`` (inclusive), for trailing-window readers."""
     return end - timedelta(days=days - 1), end
+
+
+def window_orders(lake: Lake, end: date, days: int) -> tuple[date, date, dict[str, pa.Table]]:
+    """``(first, last, current_orders)`` of the ``days`` days ending with ``end``, for a training
+    DAG's features task; none at all is one line (the ingest DAG has not run for those days)."""
+    from ecom_ml.errors import EcomError
+
+    first, last = window(end, days)
+    tables = current_orders(lake, first, last)
+    if tables["orders"].num_rows == 0:
+        raise EcomError(f"no validated orders between {first} and {last} under {lake.root}: run orders_ingest first")
+    return first, last, tables

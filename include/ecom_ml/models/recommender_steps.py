@@ -21,12 +21,9 @@ class RecommenderSteps:
 
     def build_features(self, lake: Lake, day: date, cfg: Any) -> dict[str, Any]:
         from ecom_ml.features.recommender import build_features, write_features
-        from ecom_ml.ingest.current import current_orders, window
+        from ecom_ml.ingest.current import window_orders
 
-        first, last = window(day, cfg.window_days)
-        tables = current_orders(lake, first, last)
-        if tables["orders"].num_rows == 0:
-            raise EcomError(f"no validated orders between {first} and {last} under {lake.root}: run orders_ingest first")
+        first, last, tables = window_orders(lake, day, cfg.window_days)
         features = build_features(tables, day, window_days=cfg.window_days, history_len=cfg.history_len,
                                   holdout_days=cfg.holdout_days)
         manifest = write_features(lake, day, features)
@@ -36,13 +33,10 @@ class RecommenderSteps:
                                                        "holdout_start")}}
 
     def _params(self, lake: Lake, day: date) -> Any:
+        from ecom_ml.features import stored_settings
         from ecom_ml.features.recommender import DATASET, FeatureParams
-        from ecom_ml.lake import FEATURES
 
-        manifest = lake.manifest(FEATURES, DATASET, day)
-        if manifest is None or self.name not in manifest.extra:
-            raise EcomError(f"no {self.name} features for {day} under {lake.root}: run the features task first")
-        return FeatureParams.from_dict(manifest.extra[self.name])
+        return FeatureParams.from_dict(stored_settings(lake, DATASET, day))
 
     def holdout_start(self, lake: Lake, day: date) -> datetime:
         return self._params(lake, day).holdout_start

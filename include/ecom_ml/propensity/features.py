@@ -236,10 +236,9 @@ def write_features(lake: Lake, params: PropensityParams, tables: Mapping[str, pa
 
 
 def stored_params(lake: Lake, day: date) -> PropensityParams:
-    manifest = lake.manifest(FEATURES, DATASET, day)
-    if manifest is None or DATASET not in manifest.extra:
-        raise PropensityFeatureError(f"no propensity features for {day} under {lake.root}: run the features task first")
-    return PropensityParams.from_dict(manifest.extra[DATASET])
+    from ecom_ml.features import stored_settings
+
+    return PropensityParams.from_dict(stored_settings(lake, DATASET, day, PropensityFeatureError))
 
 
 def read_features(lake: Lake, day: date) -> tuple[PropensityParams, dict[str, pa.Table]]:

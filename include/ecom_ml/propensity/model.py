@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
@@ -39,6 +39,7 @@ from ecom_ml.errors import EcomError
 from ecom_ml.models import TrainRequest, fetch_dir
 from ecom_ml.training.model_dir import resolve_features as resolve_partition
 from ecom_ml.training.model_dir import trainer_log, write_model_dir
+from ecom_ml.training.params import TrainerParams
 
 KIND = "propensity"
 FORMAT_VERSION = 1
@@ -51,8 +52,11 @@ class PropensityModelError(EcomError):
 
 
 @dataclass(frozen=True)
-class PropensityTrainParams:
+class PropensityTrainParams(TrainerParams):
     """The propensity trainer's parameters (``python -m ecom_ml.train --model propensity --epochs …``)."""
+
+    KIND: ClassVar[str] = KIND
+    ERROR: ClassVar[type[EcomError]] = PropensityModelError
 
     epochs: int = 12
     batch_size: int = 512
@@ -75,28 +79,9 @@ class PropensityTrainParams:
     }
 
     def __post_init__(self) -> None:
-        for name, (low, high) in self._LIMITS.items():
-            value = getattr(self, name)
-            if value is None and name in ("history_len", "holdout_days"):
-                continue
-            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-                raise PropensityModelError(f"--{name.replace('_', '-')} {value!r}: must be a whole number from {low} to {high:,}")
-        if not (isinstance(self.learning_rate, float | int) and 0 < self.learning_rate < 1):
-            raise PropensityModelError(f"--learning-rate {self.learning_rate!r}: must be between 0 and 1")
-        if not (isinstance(self.dropout, float | int) and not isinstance(self.dropout, bool) and 0 <= self.dropout < 1):
-            raise PropensityModelError(f"--dropout {self.dropout!r}: must be from 0 to below 1")
-
-    @classmethod
-    def from_overrides(cls, overrides: dict[str, Any]) -> PropensityTrainParams:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise PropensityModelError(f"the propensity model takes no parameter(s) {', '.join(unknown)}; "
-                                       f"known: {', '.join(sorted(known))}")
-        return cls(**overrides)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        self.check_limits()
+        self.check_fraction("learning_rate", zero_allowed=False)
+        self.check_fraction("dropout", zero_allowed=True)
 
 
 #: The static features of models trained before ``model.json`` recorded them (the first ten of STATIC).
