@@ -29,7 +29,7 @@ demo: setup
 	@$(BIN)/python -m ecom_ml.demo
 
 test: setup browser
-	@$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	@$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 airflow: setup
 	@$(BIN)/ecom-ml ui start

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -228,22 +229,42 @@ SLOW_FIRST = ("test_ui_browser", "test_night", "test_train_recommender", "test_t
               "test_train_demand")
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Order the slow modules first and give every module one xdist group.
-
-    With ``--dist loadgroup`` a group runs on one worker, in order, so module-scoped fixtures (a
-    generated lake, a trained champion the next test reads) are built once and tests that build on
-    each other keep their order. ``test_night``'s executor flavours are independent nights, so each
-    is a group of its own and two nights can run side by side. ``tryfirst``: xdist reads the groups
-    in its own hook of this name.
-    """
+    """Order the slow modules first (the scheduler below hands work out in collection order)."""
     def rank(item: pytest.Item) -> int:
         name = item.module.__name__ if item.module else ""
         return SLOW_FIRST.index(name) if name in SLOW_FIRST else len(SLOW_FIRST)
 
     items.sort(key=rank)  # stable: the order inside a module is kept
-    for item in items:
-        module = item.module.__name__ if item.module else item.nodeid
-        group = item.nodeid if module == "test_night" else module
-        item.add_marker(pytest.mark.xdist_group(group))
+
+
+#: Modules whose tests are independent runs that may go to different workers (each test a unit).
+PER_TEST = ("tests/test_night.py",)
+
+
+def _work_unit(nodeid: str) -> str:
+    """The module of a test, or the test itself for the modules of :data:`PER_TEST`."""
+    module = nodeid.split("::", 1)[0]
+    return nodeid if module in PER_TEST else module
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``make test``'s xdist scheduler (``-n 2 --dist loadscope``): every module is one unit of work,
+    run on one worker in order, so module-scoped fixtures (a generated lake, a trained champion the
+    next test reads) are built once and tests that build on each other keep their order; each of
+    ``test_night``'s executor flavours is a unit of its own, so two nights run side by side.
+
+    Why not xdist's own ``--dist loadgroup`` with ``xdist_group`` marks: pytest-xdist 3.8 marks a
+    group by rewriting ``item._nodeid``, which pytest 9 no longer reads (a node's id is ``_id``), so
+    the groups were silently ignored and a module's tests spread over both workers, each building
+    the module's fixtures again. ``loadscope`` groups by ``_split_scope``, overridden here.
+    """
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _work_unit(nodeid)
+
+    return ModuleScheduling(config, log)
